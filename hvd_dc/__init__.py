@@ -1,0 +1,97 @@
+"""hvd_dc: Delay-Compensated Asynchronous SGD (DC-ASGD) behind a Horovod-shaped API.
+
+Public API, flat as in ``horovod.torch``::
+
+    import hvd_dc as hvd
+    hvd.init()                       # world rank 0 becomes the parameter server
+    opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters())
+
+Module map (each module's docstring says what it owns):
+
+* :mod:`hvd_dc.dc_math`      pure delay-compensation math, no MPI
+* :mod:`hvd_dc.layout`       flat-buffer layout, model description and comparison
+* :mod:`hvd_dc.protocol`     the one-sided MPI window protocol
+* :mod:`hvd_dc.server_state` Algorithm 2 on the server's buffers, no MPI
+* :mod:`hvd_dc.server`       the server loop on world rank 0
+* :mod:`hvd_dc.worker`       the worker's optimizer
+* :mod:`hvd_dc.runtime`      init/shutdown, roles, ranks
+* :mod:`hvd_dc.collectives`  worker collectives (metrics, broadcasts) with timeouts
+"""
+
+from __future__ import annotations
+
+import logging as _logging
+import os as _os
+
+from .collectives import (
+    Adasum,
+    Average,
+    Max,
+    Min,
+    Product,
+    ReduceOp,
+    Sum,
+    allgather,
+    allgather_object,
+    allreduce,
+    allreduce_,
+    barrier,
+    broadcast,
+    broadcast_,
+    broadcast_object,
+    broadcast_optimizer_state,
+    broadcast_parameters,
+)
+from .compression import Compression
+from .runtime import init, is_initialized, local_rank, local_size, rank, shutdown, size
+from .waiting import HvdDcTimeout
+from .worker import DistributedDCOptimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "size",
+    "rank",
+    "local_rank",
+    "local_size",
+    "barrier",
+    "allreduce",
+    "allreduce_",
+    "allgather",
+    "allgather_object",
+    "broadcast",
+    "broadcast_",
+    "broadcast_object",
+    "broadcast_parameters",
+    "broadcast_optimizer_state",
+    "Compression",
+    "DistributedDCOptimizer",
+    "ReduceOp",
+    "Average",
+    "Sum",
+    "Min",
+    "Max",
+    "Product",
+    "Adasum",
+    "HvdDcTimeout",
+    "__version__",
+]
+
+
+def _configure_logging() -> None:
+    """Send hvd_dc's log records to stderr, at $HVD_DC_LOG_LEVEL (default WARNING),
+    unless the application configured logging itself."""
+    logger = _logging.getLogger("hvd_dc")
+    level = _os.environ.get("HVD_DC_LOG_LEVEL", "WARNING").upper()
+    logger.setLevel(level)
+    if not logger.handlers and not _logging.getLogger().handlers:
+        handler = _logging.StreamHandler()
+        handler.setFormatter(_logging.Formatter("hvd_dc %(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+_configure_logging()

@@ -1,0 +1,224 @@
+"""Delay-compensation math of DC-ASGD, with no MPI and no I/O.
+
+This module owns the one formula the project is about (Zheng et al., ICML 2017, Eq. 10
+and Algorithm 2) and nothing else::
+
+    g_dc = g + lambda_t * g * g * (w - w_bak(m))
+
+``g`` is the gradient worker ``m`` computed on the weights ``w_bak(m)`` it pulled, and
+``w`` the server's weights when the gradient arrives. The server hands ``g_dc`` to the
+wrapped optimizer; with plain SGD the result is Eq. 10, ``w <- w - eta * g_dc``.
+
+``lambda_t`` depends on the variant:
+
+* ``"constant"`` (DC-ASGD-c): ``lambda_t = lambda0``.
+* ``"adaptive"`` (DC-ASGD-a): element-wise
+  ``MeanSquare <- m * MeanSquare + (1 - m) * g * g`` (updated with the arriving gradient
+  first), then ``lambda_t = lambda0 / sqrt(MeanSquare + eps)``.
+* ``"none"``: ``g_dc = g`` (plain ASGD).
+
+Evaluation order is fixed and documented so that a plain reference written from the
+formula reproduces the vectorised path bit for bit::
+
+    ms     = (m * ms) + ((1 - m) * (g * g))
+    lam    = lambda0 / sqrt(ms + eps)                      # adaptive only
+    g_dc   = g + (((lam * g) * g) * (w - w_bak))
+
+Two implementations live here, as in ``torch/optim/sgd.py``: :func:`compensate_reference`,
+a direct transcription used as documentation and for cross-checks, and
+:class:`DelayCompensator`, the vectorised path the server runs on flat buffers with
+pre-allocated scratch (no allocation per update).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence
+
+import torch
+
+__all__ = [
+    "VARIANTS",
+    "PAPER_LAMBDA",
+    "default_lambda",
+    "validate_dc_options",
+    "compensate_reference",
+    "DelayCompensator",
+]
+
+#: Accepted values of ``dc_variant``.
+VARIANTS = ("adaptive", "constant", "none")
+
+#: lambda0 the paper used on CIFAR-10 for each variant (Section 6).
+PAPER_LAMBDA = {"constant": 0.04, "adaptive": 2.0, "none": 0.0}
+
+
+def default_lambda(variant: str) -> float:
+    """The paper's lambda0 for ``variant`` (0.04 constant, 2.0 adaptive, 0 for none)."""
+    return PAPER_LAMBDA[variant]
+
+
+def validate_dc_options(
+    variant: str,
+    dc_lambda: Optional[float],
+    dc_momentum: float,
+    dc_eps: float,
+    mean_square: str = "per_worker",
+) -> float:
+    """Check the delay-compensation options and return the effective lambda0.
+
+    Raises ``ValueError`` naming the bad option. ``dc_lambda=None`` selects the paper's value.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"dc_variant must be one of {', '.join(repr(v) for v in VARIANTS)}; got {variant!r}"
+        )
+    lam = default_lambda(variant) if dc_lambda is None else dc_lambda
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise ValueError(f"dc_lambda must be a real number or None; got {dc_lambda!r}")
+    lam = float(lam)
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"dc_lambda must be finite and >= 0; got {dc_lambda!r}")
+    if variant == "none" and lam != 0.0:
+        raise ValueError(f"dc_variant='none' is plain ASGD and takes no dc_lambda; got {dc_lambda!r}")
+    if not (isinstance(dc_momentum, (int, float)) and 0.0 <= float(dc_momentum) < 1.0):
+        raise ValueError(f"dc_momentum must be in [0, 1); got {dc_momentum!r}")
+    if not (isinstance(dc_eps, (int, float)) and math.isfinite(dc_eps) and dc_eps > 0):
+        raise ValueError(f"dc_eps must be a finite number > 0; got {dc_eps!r}")
+    if mean_square not in ("per_worker", "global"):
+        raise ValueError(f"dc_mean_square must be 'per_worker' or 'global'; got {mean_square!r}")
+    return lam
+
+
+def compensate_reference(
+    grad: torch.Tensor,
+    weights: torch.Tensor,
+    backup: torch.Tensor,
+    variant: str,
+    lambda0: float,
+    mean_square: Optional[torch.Tensor] = None,
+    momentum: float = 0.95,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """Return the delay-compensated gradient, written straight from the formula.
+
+    ``mean_square`` (adaptive only) is updated in place. Allocates freely; meant for
+    reading and for cross-checking :class:`DelayCompensator`, not for the hot path.
+    """
+    if variant == "none":
+        return grad.clone()
+    if variant == "constant":
+        lam = lambda0
+    elif variant == "adaptive":
+        if mean_square is None:
+            raise ValueError("the adaptive variant needs a mean_square buffer")
+        mean_square.copy_((momentum * mean_square) + ((1.0 - momentum) * (grad * grad)))
+        lam = lambda0 / torch.sqrt(mean_square + eps)
+    else:
+        raise ValueError(f"unknown dc variant {variant!r}")
+    return grad + (((lam * grad) * grad) * (weights - backup))
+
+
+class DelayCompensator:
+    """Vectorised DC-ASGD compensation over flat tensors, one call per dtype segment.
+
+    It owns the MeanSquare buffers of the adaptive variant: one per worker
+    (``mean_square="per_worker"``, the default and what the authors' server did) or one
+    shared by all workers (``"global"``). Buffers and scratch are allocated once, at
+    construction, per segment; :meth:`compensate` allocates nothing.
+
+    ``segment_sizes`` lists the element count of each flat segment; ``dtypes`` their dtypes.
+    For 16-bit floating segments the MeanSquare buffer and the arithmetic are float32, so
+    ``g * g`` neither underflows nor overflows; the result is rounded back once.
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        lambda0: float,
+        num_workers: int,
+        segment_sizes: Sequence[int],
+        dtypes: Sequence[torch.dtype],
+        momentum: float = 0.95,
+        eps: float = 1e-7,
+        mean_square: str = "per_worker",
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.lambda0 = validate_dc_options(variant, lambda0, momentum, eps, mean_square)
+        self.variant = variant
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+        self.mean_square_mode = mean_square
+        self.num_workers = int(num_workers)
+        self._compute_dtypes = [_compute_dtype(dt) for dt in dtypes]
+        self._scratch = [
+            torch.empty(n, dtype=cd, device=device) for n, cd in zip(segment_sizes, self._compute_dtypes)
+        ]
+        self._scratch2 = [
+            torch.empty(n, dtype=cd, device=device) for n, cd in zip(segment_sizes, self._compute_dtypes)
+        ]
+        self._lambda0_t = [torch.tensor(self.lambda0, dtype=cd, device=device) for cd in self._compute_dtypes]
+        self.mean_square: Dict[int, list] = {}
+        if variant == "adaptive":
+            slots = range(self.num_workers) if mean_square == "per_worker" else [0]
+            for slot in slots:
+                self.mean_square[slot] = [
+                    torch.zeros(n, dtype=cd, device=device)
+                    for n, cd in zip(segment_sizes, self._compute_dtypes)
+                ]
+
+    def mean_square_of(self, worker: int) -> list:
+        """The MeanSquare buffers (one per segment) used for ``worker``'s gradients."""
+        return self.mean_square[worker if self.mean_square_mode == "per_worker" else 0]
+
+    def compensate(
+        self,
+        segment: int,
+        worker: int,
+        grad: torch.Tensor,
+        weights: torch.Tensor,
+        backup: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """Write ``g + lambda_t * g*g*(w - w_bak)`` for one flat segment into ``out``.
+
+        ``grad``, ``weights``, ``backup`` and ``out`` are 1-D tensors of the segment's
+        length; ``out`` may alias ``grad``. ``worker`` selects the MeanSquare buffer.
+        """
+        if self.variant == "none":
+            if out.data_ptr() != grad.data_ptr():
+                out.copy_(grad)
+            return
+        cd = self._compute_dtypes[segment]
+        g = grad if grad.dtype == cd else grad.to(cd)
+        w = weights if weights.dtype == cd else weights.to(cd)
+        wb = backup if backup.dtype == cd else backup.to(cd)
+        lam_g = self._scratch[segment]
+        drift = self._scratch2[segment]
+        if self.variant == "constant":
+            torch.mul(g, self.lambda0, out=lam_g)  # lam * g
+        else:
+            ms = self.mean_square_of(worker)[segment]
+            torch.mul(g, g, out=drift)
+            drift.mul_(1.0 - self.momentum)
+            ms.mul_(self.momentum).add_(drift)  # (m * ms) + ((1 - m) * (g * g))
+            torch.add(ms, self.eps, out=lam_g)
+            lam_g.sqrt_()
+            torch.div(self._lambda0_t[segment], lam_g, out=lam_g)  # lambda0 / sqrt(ms + eps)
+            lam_g.mul_(g)  # lam * g
+        lam_g.mul_(g)  # (lam * g) * g
+        torch.sub(w, wb, out=drift)
+        lam_g.mul_(drift)  # ((lam * g) * g) * (w - w_bak)
+        if out.dtype == cd:
+            torch.add(g, lam_g, out=out)
+        else:
+            lam_g.add_(g)
+            out.copy_(lam_g)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    if not dtype.is_floating_point:
+        raise TypeError(f"delay compensation needs floating-point parameters; got {dtype}")
+    return dtype

@@ -1,0 +1,429 @@
+"""The worker's optimizer: push gradients, pull weights, keep the user's optimizer.
+
+:func:`DistributedDCOptimizer` registers the model with the parameter server (the
+workers first agree that their models match) and returns the *same* optimizer object the
+user passed, with its ``step``, ``zero_grad`` and ``synchronize`` bound to a
+:class:`DCWorker` and with ``pull()`` and ``stats()`` added. So it is still an instance
+of its class, keeps its param groups and state, and works with ``state_dict()``,
+``load_state_dict()`` and lr schedulers; no class is created at run time.
+
+Memory: each trained parameter's ``.data`` is re-pointed at a view of one flat byte
+buffer, the worker's reply area, and each ``.grad`` at a view of the flat gradient
+buffer, the push area (or a staging buffer when fp16 compression is on). Autograd
+accumulates into those views in place, a push is one ``Put`` and a pull is one ``Get``
+straight into the model's memory. ``zero_grad`` clears the flat gradient buffer in one
+call instead of dropping the gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import operator
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from .collectives import recv_with_timeout, wait_request
+from .compression import Compression, compression_name
+from .dc_math import validate_dc_options
+from .layout import (
+    FlatLayout,
+    ModelSpec,
+    ParamInfo,
+    diff_specs,
+    dtype_name,
+    read_hyperparameters,
+    scalar_hyperparameters,
+)
+from .protocol import KIND_PULL, KIND_PUSH, RM_REJECTED, RM_STALENESS, RM_STATUS, RM_UPDATES, STATUS_OK, WindowLayout, WorkerChannel
+from .runtime import SERVER_RANK, TAG_CONTROL, TAG_REGISTERED, TAG_WEIGHTS, context
+from .waiting import Backoff, Deadline, HvdDcTimeout
+
+__all__ = ["DistributedDCOptimizer", "DCWorker"]
+
+log = logging.getLogger("hvd_dc.worker")
+
+_UNSUPPORTED = ("LBFGS", "SparseAdam")
+
+
+def DistributedDCOptimizer(
+    optimizer: torch.optim.Optimizer,
+    named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
+    compression: Any = Compression.none,
+    backward_passes_per_step: int = 1,
+    dc_variant: str = "adaptive",
+    dc_lambda: Optional[float] = None,
+    dc_momentum: float = 0.95,
+    dc_eps: float = 1e-7,
+    dc_mean_square: str = "per_worker",
+) -> torch.optim.Optimizer:
+    """Make ``optimizer`` train asynchronously through the DC-ASGD parameter server.
+
+    Returns the same optimizer object. ``step()`` pushes this worker's gradients and pulls
+    the server's newest weights (which include them) into the model in place; ``pull()``
+    fetches the newest weights without pushing; ``stats()`` reports counters.
+
+    ``dc_variant``: ``"adaptive"`` (DC-ASGD-a), ``"constant"`` (DC-ASGD-c) or ``"none"``
+    (plain ASGD). ``dc_lambda=None`` takes the paper's lambda0 (2.0 adaptive, 0.04
+    constant). ``dc_momentum`` and ``dc_eps`` are the adaptive variant's MeanSquare
+    momentum and epsilon. ``dc_mean_square``: ``"per_worker"`` (default) or ``"global"``.
+    The wrapped optimizer's class and hyperparameters run on the server, fed with the
+    compensated gradient; the learning rate (and every float hyperparameter) a worker's
+    optimizer holds when it pushes is the one applied to that gradient.
+
+    In a world of one process the optimizer trains alone, as with Horovod.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"DistributedDCOptimizer wraps a torch.optim.Optimizer; got {type(optimizer).__name__}")
+    if getattr(optimizer, "_hvd_dc_worker", None) is not None:
+        raise ValueError("this optimizer is already wrapped by hvd_dc.DistributedDCOptimizer")
+    if type(optimizer).__name__ in _UNSUPPORTED:
+        raise ValueError(f"{type(optimizer).__name__} is not supported by hvd_dc: its step does not take one gradient")
+    if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
+        raise ValueError(f"backward_passes_per_step must be an int >= 1; got {backward_passes_per_step!r}")
+    lam = validate_dc_options(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square)
+    comp = compression_name(compression)
+    ctx = context()
+    params, names = _trained_parameters(optimizer, named_parameters)
+    if ctx.role == "solo":
+        _attach_solo(optimizer)
+        return optimizer
+    spec = ModelSpec(
+        params=[ParamInfo(n, tuple(p.shape), dtype_name(p.dtype), g) for (p, g), n in zip(params, names)],
+        optimizer_class=(type(optimizer).__module__, type(optimizer).__qualname__),
+        defaults=dict(optimizer.defaults),
+        groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        hyper_slots=scalar_hyperparameters(optimizer.param_groups),
+        dc_variant=dc_variant,
+        dc_lambda=lam,
+        dc_momentum=float(dc_momentum),
+        dc_eps=float(dc_eps),
+        dc_mean_square=dc_mean_square,
+        compression=comp,
+        num_workers=ctx.num_workers,
+    )
+    worker = DCWorker(optimizer, [p for p, _ in params], spec, backward_passes_per_step)
+    ctx.engines.append(worker)
+    return optimizer
+
+
+def _trained_parameters(optimizer, named_parameters):
+    """The optimizer's parameters that require grad, with their group and name."""
+    params: List[Tuple[torch.nn.Parameter, int]] = []
+    seen = set()
+    for gi, group in enumerate(optimizer.param_groups):
+        for p in group["params"]:
+            if id(p) in seen:
+                raise ValueError("a parameter appears twice in the optimizer's param groups")
+            seen.add(id(p))
+            if p.requires_grad:
+                params.append((p, gi))
+    if not params:
+        raise ValueError("the optimizer has no parameter that requires grad; there is nothing to train")
+    for p, _ in params:
+        if p.device.type != "cpu":
+            raise ValueError(
+                f"hvd_dc trains CPU parameters in this version; a parameter lives on {p.device}"
+            )
+        dtype_name(p.dtype)  # raises for non-floating dtypes
+        if p.is_sparse:
+            raise ValueError("sparse parameters are not supported")
+    if named_parameters is None:
+        names = [f"param.{gi}.{i}" for i, (_, gi) in enumerate(params)]
+        return params, names
+    named = list(named_parameters)
+    by_id: Dict[int, str] = {}
+    for item in named:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError("named_parameters must be (name, parameter) pairs, as model.named_parameters() gives")
+        name, p = item
+        if id(p) in by_id and by_id[id(p)] != name:
+            continue  # a shared parameter under two names: keep the first name
+        by_id[id(p)] = name
+    if len(set(by_id.values())) != len(by_id):
+        dupes = sorted({n for n in by_id.values() if list(by_id.values()).count(n) > 1})
+        raise ValueError(f"named_parameters has duplicate names: {', '.join(dupes[:5])}")
+    missing = [i for i, (p, _) in enumerate(params) if id(p) not in by_id]
+    if missing:
+        raise ValueError(
+            f"named_parameters was given but {len(missing)} of the optimizer's parameters are not in it "
+            f"(first: shape {list(params[missing[0]][0].shape)}); pass model.named_parameters() of the model "
+            "the optimizer trains"
+        )
+    return params, [by_id[id(p)] for p, _ in params]
+
+
+def _attach_solo(optimizer: torch.optim.Optimizer) -> None:
+    """World of one: train with the wrapped optimizer; keep the extra methods callable."""
+    optimizer._hvd_dc_worker = "solo"  # type: ignore[attr-defined]
+    optimizer.pull = lambda: None  # type: ignore[attr-defined]
+    optimizer.stats = lambda: {"mode": "solo"}  # type: ignore[attr-defined]
+    optimizer.synchronize = lambda: None  # type: ignore[attr-defined]
+    optimizer.skip_synchronize = contextlib.nullcontext  # type: ignore[attr-defined]
+
+
+class DCWorker:
+    """A worker's half of one served model: buffers, channel, counters, and the
+    methods bound onto the user's optimizer."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], spec: ModelSpec, backward_passes_per_step: int) -> None:
+        ctx = context()
+        self.ctx = ctx
+        self.optimizer = optimizer
+        self.params = params
+        self.spec = spec
+        self.backward_passes_per_step = backward_passes_per_step
+        self.layout = FlatLayout(spec.params, wire_fp16=(spec.compression == "fp16"))
+        self.wl = WindowLayout(self.layout, len(spec.hyper_slots), ctx.num_workers)
+        self._agree_on_model()
+        world = ctx.world
+        me = ctx.workers.Get_rank()
+        if me == 0:
+            world.send(("register", spec), dest=SERVER_RANK, tag=TAG_CONTROL)
+        self.channel = WorkerChannel(world, self.wl, me, SERVER_RANK, ctx.timeout)  # collective
+        layout = self.layout
+        if me == 0:
+            initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
+            with torch.no_grad():
+                for view, p in zip(layout.param_views(initial), params):
+                    view.copy_(p.detach())
+            req = world.Isend([initial.numpy(), layout.nbytes, MPI.BYTE], dest=SERVER_RANK, tag=TAG_WEIGHTS)
+            wait_request(req, ctx.start_timeout, self._server_silent("receive the initial weights"))
+        verdict = recv_with_timeout(world, SERVER_RANK, TAG_REGISTERED, ctx.start_timeout, self._server_silent("register the model"))
+        if verdict != "ok":
+            self.channel.free()
+            ctx.registration_failed = True
+            raise RuntimeError(f"hvd_dc: {verdict}")
+        self.channel.open()
+        self.channel.fetch_reply()  # w_0, identical on every worker and equal to w_bak(m)
+        self._bind_weights()
+        self._bind_grads()
+        self._grad_getter = operator.attrgetter("grad")
+        self._hook_handle = params[0].register_post_accumulate_grad_hook(self._count_backward)
+        self._backward_passes = 0
+        self.pushes = 0
+        self.pulls = 1
+        self.rejected = 0
+        self.server_updates = 0
+        self.staleness_sum = 0
+        self.staleness_max = 0
+        self._closed = False
+        self._install()
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _server_silent(self, what: str):
+        def describe() -> str:
+            return (
+                f"worker {self.ctx.workers.Get_rank()}: the parameter server (world rank {SERVER_RANK}) did not "
+                f"{what} within {self.ctx.start_timeout:g} s (set HVD_DC_START_TIMEOUT to wait longer)"
+            )
+
+        return describe
+
+    def _agree_on_model(self) -> None:
+        """Every worker checks in with worker 0, which compares the models; a mismatch
+        becomes the same ValueError on every worker and an abort on the server."""
+        ctx = self.ctx
+        workers = ctx.workers
+        me = workers.Get_rank()
+        n = workers.Get_size()
+        if me == 0:
+            specs = {0: self.spec}
+            pending = {r: workers.irecv(source=r, tag=TAG_CONTROL) for r in range(1, n)}
+            deadline, backoff = Deadline(ctx.start_timeout), Backoff()
+            while pending:
+                for r in list(pending):
+                    done, msg = pending[r].test()
+                    if done:
+                        specs[r] = msg
+                        del pending[r]
+                if pending:
+                    if deadline.expired():
+                        missing = ", ".join(f"worker {r} (world rank {r + 1})" for r in sorted(pending))
+                        ctx.registration_failed = True
+                        world_msg = f"{missing} did not reach DistributedDCOptimizer within {ctx.start_timeout:g} s"
+                        ctx.world.send(("abort", world_msg), dest=SERVER_RANK, tag=TAG_CONTROL)
+                        raise HvdDcTimeout(f"worker 0: {world_msg} (set HVD_DC_START_TIMEOUT to wait longer)")
+                    backoff.wait()
+            verdict = None
+            for r in range(1, n):
+                verdict = diff_specs(self.spec, specs[r], r)
+                if verdict:
+                    break
+            for r in range(1, n):
+                workers.send(verdict, dest=r, tag=TAG_CONTROL)
+            if verdict:
+                ctx.world.send(("abort", f"the workers' models differ: {verdict}"), dest=SERVER_RANK, tag=TAG_CONTROL)
+        else:
+            workers.send(self.spec, dest=0, tag=TAG_CONTROL)
+            verdict = recv_with_timeout(
+                workers,
+                0,
+                TAG_CONTROL,
+                ctx.start_timeout,
+                lambda: f"worker {me}: worker 0 (world rank 1) did not confirm the model within {ctx.start_timeout:g} s",
+            )
+        if verdict:
+            ctx.registration_failed = True
+            raise ValueError(f"hvd_dc: the workers' models differ: {verdict}")
+
+    def _bind_weights(self) -> None:
+        """Point every parameter's data at its view of the reply area (now holding w_0)."""
+        self._weight_views = self.layout.param_views(self.channel.weights_area)
+        with torch.no_grad():
+            for p, view in zip(self.params, self._weight_views):
+                p.data = view
+
+    def _bind_grads(self) -> None:
+        fp16 = self.spec.compression == "fp16"
+        self._grad_buffer = torch.zeros(self.layout.nbytes, dtype=torch.uint8) if fp16 else self.channel.grad_area
+        self._grad_buffer.zero_()
+        self._grad_views = self.layout.param_views(self._grad_buffer)
+        self._grad_segments = self.layout.segment_views(self._grad_buffer)
+        self._wire_segments = self.layout.segment_views(self.channel.grad_area, wire=True) if fp16 else None
+        with torch.no_grad():
+            for p, view in zip(self.params, self._grad_views):
+                if p.grad is not None:
+                    view.copy_(p.grad.to_dense() if p.grad.is_sparse else p.grad)
+                p.grad = view
+
+    def _install(self) -> None:
+        opt = self.optimizer
+        opt._hvd_dc_worker = self  # type: ignore[attr-defined]
+        opt.step = self.step  # type: ignore[method-assign]
+        opt.zero_grad = self.zero_grad  # type: ignore[method-assign]
+        opt.pull = self.pull  # type: ignore[attr-defined]
+        opt.stats = self.stats  # type: ignore[attr-defined]
+        opt.synchronize = self.synchronize  # type: ignore[attr-defined]
+        opt.skip_synchronize = self.skip_synchronize  # type: ignore[attr-defined]
+
+    def _count_backward(self, _param: torch.Tensor) -> None:
+        self._backward_passes += 1
+
+    # -- the optimizer's methods ----------------------------------------------------------
+
+    def step(self, closure=None):
+        """Push this worker's gradient and pull the weights that include it."""
+        self._check_open()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._backward_passes > self.backward_passes_per_step:
+            raise RuntimeError(
+                f"gradients were accumulated over {self._backward_passes} backward passes but "
+                f"backward_passes_per_step={self.backward_passes_per_step}; call step() every "
+                f"{self.backward_passes_per_step} backward passes or raise backward_passes_per_step"
+            )
+        self._gather_grads()
+        if self._wire_segments is not None:
+            for wire, seg in zip(self._wire_segments, self._grad_segments):
+                wire.copy_(seg)
+        read_hyperparameters(self.optimizer.param_groups, self.spec.hyper_slots, self.channel.hyper)
+        meta = self.channel.exchange(KIND_PUSH)
+        self._after_reply(meta, pushed=True)
+        self._backward_passes = 0
+        return loss
+
+    def pull(self) -> None:
+        """Fetch the server's newest weights into the model without pushing."""
+        self._check_open()
+        meta = self.channel.exchange(KIND_PULL)
+        self._after_reply(meta, pushed=False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients (one fill of the flat buffer).
+
+        The gradients stay bound to the flat buffer whatever ``set_to_none`` says, so that
+        the next backward pass accumulates into it in place; a parameter that gets no
+        gradient pushes zeros.
+        """
+        self._grad_buffer.zero_()
+        grads = list(map(self._grad_getter, self.params))
+        if not all(map(operator.is_, grads, self._grad_views)):
+            for p, view in zip(self.params, self._grad_views):
+                p.grad = view
+        self._backward_passes = 0
+
+    def synchronize(self) -> None:
+        """Horovod compatibility: gradients are local until ``step()``; nothing to wait for."""
+
+    @contextlib.contextmanager
+    def skip_synchronize(self):
+        """Horovod compatibility: a no-op context manager."""
+        yield
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters of this worker and the server's total at the last reply."""
+        return {
+            "worker": self.ctx.workers.Get_rank(),
+            "pushes": self.pushes,
+            "pulls": self.pulls,
+            "rejected_pushes": self.rejected,
+            "server_updates": self.server_updates,
+            "staleness_mean": self.staleness_sum / max(self.pushes - self.rejected, 1),
+            "staleness_max": self.staleness_max,
+        }
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self.ctx.shut_down:
+            raise RuntimeError("hvd_dc has been shut down; this optimizer can no longer step or pull")
+
+    def _gather_grads(self) -> None:
+        """Make the flat gradient buffer hold every parameter's gradient.
+
+        The fast path is one identity check per parameter done in C (map/operator.is_):
+        autograd accumulated into the bound views. Only when something re-pointed a
+        ``.grad`` (``model.zero_grad()`` sets them to None, user code may assign) are
+        the loose gradients copied in and the views re-bound.
+        """
+        grads = list(map(self._grad_getter, self.params))
+        if all(map(operator.is_, grads, self._grad_views)):
+            return
+        with torch.no_grad():
+            for p, g, view in zip(self.params, grads, self._grad_views):
+                if g is view:
+                    continue
+                if g is None:
+                    view.zero_()
+                else:
+                    view.copy_(g.to_dense() if g.is_sparse else g)
+                p.grad = view
+
+    def _after_reply(self, meta: np.ndarray, pushed: bool) -> None:
+        torch.autograd.graph.increment_version(self._weight_views)
+        self.pulls += 1
+        self.server_updates = int(meta[RM_UPDATES])
+        if not pushed:
+            return
+        self.pushes += 1
+        if int(meta[RM_STATUS]) != STATUS_OK:
+            self.rejected += 1
+            if self.rejected in (1, 10, 100) or self.rejected % 1000 == 0:
+                warnings.warn(
+                    f"hvd_dc worker {self.ctx.workers.Get_rank()}: the server rejected a gradient with NaN/Inf "
+                    f"({self.rejected} rejected so far); the model was not changed by it",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return
+        staleness = int(meta[RM_STALENESS])
+        self.staleness_sum += staleness
+        self.staleness_max = max(self.staleness_max, staleness)
+
+    def _close(self) -> None:
+        """Release the windows (collective with the server, in registration order)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hook_handle.remove()
+        # the model keeps its weights: they live in the channel's local buffers, not in the window
+        self.channel.free()
+
