@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
+import types
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -109,6 +110,43 @@ def DistributedDCOptimizer(
     worker = DCWorker(optimizer, [p for p, _ in params], spec, backward_passes_per_step)
     ctx.engines.append(worker)
     return optimizer
+
+
+def _step(optimizer, closure=None):
+    """Push this worker's gradient, then pull weights that include it (DC-ASGD)."""
+    return optimizer._hvd_dc_worker.step(closure)
+
+
+def _step_tracked(optimizer, closure=None):
+    optimizer._opt_called = True  # what an lr scheduler's own step wrapper records
+    return optimizer._hvd_dc_worker.step(closure)
+
+
+_step_tracked._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+
+def _zero_grad(optimizer, set_to_none: bool = True):
+    """Clear the gradients (they stay bound to hvd_dc's flat buffer)."""
+    return optimizer._hvd_dc_worker.zero_grad(set_to_none)
+
+
+def _pull(optimizer):
+    """Fetch the server's newest weights into the model without pushing."""
+    return optimizer._hvd_dc_worker.pull()
+
+
+def _stats(optimizer):
+    """This worker's counters: pushes, pulls, rejected pushes, staleness, server updates."""
+    return optimizer._hvd_dc_worker.stats()
+
+
+def _synchronize(optimizer):
+    """Horovod compatibility: nothing to wait for before step()."""
+
+
+def _skip_synchronize(optimizer):
+    """Horovod compatibility: a no-op context manager."""
+    return contextlib.nullcontext()
 
 
 def _trained_parameters(optimizer, named_parameters):
@@ -245,10 +283,16 @@ class DCWorker:
                 if pending:
                     if deadline.expired():
                         missing = ", ".join(f"worker {r} (world rank {r + 1})" for r in sorted(pending))
+                        message = (
+                            f"{missing} did not reach DistributedDCOptimizer within {ctx.start_timeout:g} s "
+                            "(set HVD_DC_START_TIMEOUT to wait longer)"
+                        )
+                        for r in specs:
+                            if r != 0:
+                                workers.send(("timeout", message), dest=r, tag=TAG_CONTROL)
+                        ctx.world.send(("abort", message), dest=SERVER_RANK, tag=TAG_CONTROL)
                         ctx.registration_failed = True
-                        world_msg = f"{missing} did not reach DistributedDCOptimizer within {ctx.start_timeout:g} s"
-                        ctx.world.send(("abort", world_msg), dest=SERVER_RANK, tag=TAG_CONTROL)
-                        raise HvdDcTimeout(f"worker 0: {world_msg} (set HVD_DC_START_TIMEOUT to wait longer)")
+                        raise HvdDcTimeout(f"hvd_dc worker 0: {message}")
                     backoff.wait()
             verdict = None
             for r in range(1, n):
@@ -261,13 +305,17 @@ class DCWorker:
                 ctx.world.send(("abort", f"the workers' models differ: {verdict}"), dest=SERVER_RANK, tag=TAG_CONTROL)
         else:
             workers.send(self.spec, dest=0, tag=TAG_CONTROL)
+            # worker 0 decides at start_timeout; wait longer so that its diagnosis arrives
             verdict = recv_with_timeout(
                 workers,
                 0,
                 TAG_CONTROL,
-                ctx.start_timeout,
-                lambda: f"worker {me}: worker 0 (world rank 1) did not confirm the model within {ctx.start_timeout:g} s",
+                2 * ctx.start_timeout,
+                lambda: f"worker {me}: worker 0 (world rank 1) did not confirm the model within {2 * ctx.start_timeout:g} s",
             )
+            if isinstance(verdict, tuple):
+                ctx.registration_failed = True
+                raise HvdDcTimeout(f"hvd_dc worker {me}: {verdict[1]}")
         if verdict:
             ctx.registration_failed = True
             raise ValueError(f"hvd_dc: the workers' models differ: {verdict}")
@@ -293,14 +341,21 @@ class DCWorker:
                 p.grad = view
 
     def _install(self) -> None:
+        """Bind the DC methods onto the optimizer object itself.
+
+        The bound methods' ``__self__`` is the optimizer (not this object), because lr
+        schedulers re-bind ``optimizer.step.__func__`` to the optimizer when they wrap it.
+        If a scheduler wrapped ``step`` before us, keep its call tracking.
+        """
         opt = self.optimizer
         opt._hvd_dc_worker = self  # type: ignore[attr-defined]
-        opt.step = self.step  # type: ignore[method-assign]
-        opt.zero_grad = self.zero_grad  # type: ignore[method-assign]
-        opt.pull = self.pull  # type: ignore[attr-defined]
-        opt.stats = self.stats  # type: ignore[attr-defined]
-        opt.synchronize = self.synchronize  # type: ignore[attr-defined]
-        opt.skip_synchronize = self.skip_synchronize  # type: ignore[attr-defined]
+        step = _step_tracked if hasattr(opt.step, "_wrapped_by_lr_sched") else _step
+        opt.step = types.MethodType(step, opt)  # type: ignore[method-assign]
+        opt.zero_grad = types.MethodType(_zero_grad, opt)  # type: ignore[method-assign]
+        opt.pull = types.MethodType(_pull, opt)  # type: ignore[attr-defined]
+        opt.stats = types.MethodType(_stats, opt)  # type: ignore[attr-defined]
+        opt.synchronize = types.MethodType(_synchronize, opt)  # type: ignore[attr-defined]
+        opt.skip_synchronize = types.MethodType(_skip_synchronize, opt)  # type: ignore[attr-defined]
 
     def _count_backward(self, _param: torch.Tensor) -> None:
         self._backward_passes += 1
@@ -349,14 +404,6 @@ class DCWorker:
             for p, view in zip(self.params, self._grad_views):
                 p.grad = view
         self._backward_passes = 0
-
-    def synchronize(self) -> None:
-        """Horovod compatibility: gradients are local until ``step()``; nothing to wait for."""
-
-    @contextlib.contextmanager
-    def skip_synchronize(self):
-        """Horovod compatibility: a no-op context manager."""
-        yield
 
     def stats(self) -> Dict[str, Any]:
         """Counters of this worker and the server's total at the last reply."""

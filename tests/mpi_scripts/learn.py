@@ -1,0 +1,51 @@
+"""A small real model learns: an MLP on scikit-learn's bundled digits data."""
+
+import torch
+from sklearn.datasets import load_digits
+
+import hvd_dc as hvd
+from common import parser, write_result
+
+p = parser()
+p.add_argument("--variant", default="adaptive")
+p.add_argument("--optimizer", default="sgd")
+p.add_argument("--epochs", type=int, default=6)
+args = p.parse_args()
+
+hvd.init()
+x, y = load_digits(return_X_y=True)
+x = torch.tensor(x, dtype=torch.float32) / 16.0
+y = torch.tensor(y)
+perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+train, test = perm[:1400], perm[1400:]
+shard = train[hvd.rank() :: hvd.size()]
+
+torch.manual_seed(1234 + hvd.rank())  # different inits: the server's copy must win
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+if args.optimizer == "adam":
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+else:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), dc_variant=args.variant)
+
+
+def test_loss_acc():
+    with torch.no_grad():
+        out = model(x[test])
+        return float(torch.nn.functional.cross_entropy(out, y[test])), float((out.argmax(1) == y[test]).float().mean())
+
+
+loss0, acc0 = test_loss_acc()
+g = torch.Generator().manual_seed(hvd.rank())
+for epoch in range(args.epochs):
+    order = shard[torch.randperm(len(shard), generator=g)]
+    for i in range(0, len(order), 16):
+        idx = order[i : i + 16]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+hvd.barrier()
+opt.pull()
+loss1, acc1 = test_loss_acc()
+write_result(args.out, hvd.rank(), loss0=loss0, acc0=acc0, loss1=loss1, acc1=acc1, stats=opt.stats())
+hvd.shutdown()

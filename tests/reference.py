@@ -1,0 +1,68 @@
+"""Independent references written from the paper's formulas (element by element, float64).
+
+Nothing here imports hvd_dc: these are the yardsticks the implementation is held to.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+def dc_gradient(g, w, w_bak, lam):
+    """Eq. 10's compensated gradient g + lam * g * g * (w - w_bak), one element at a time."""
+    out = np.empty(len(g), dtype=np.float64)
+    for i in range(len(g)):
+        lam_i = lam[i] if isinstance(lam, np.ndarray) else lam
+        out[i] = g[i] + lam_i * g[i] * g[i] * (w[i] - w_bak[i])
+    return out
+
+
+def adaptive_lambda(mean_square, g, lambda0, momentum, eps):
+    """DC-ASGD-a: update MeanSquare in place with g first, then lambda0 / sqrt(MS + eps)."""
+    lam = np.empty(len(g), dtype=np.float64)
+    for i in range(len(g)):
+        mean_square[i] = momentum * mean_square[i] + (1.0 - momentum) * g[i] * g[i]
+        lam[i] = lambda0 / math.sqrt(mean_square[i] + eps)
+    return lam
+
+
+class Algorithm2:
+    """The paper's Algorithm 2 with plain SGD (optionally momentum and weight decay
+    applied to the compensated gradient, as torch.optim.SGD does), in float64."""
+
+    def __init__(self, w0, num_workers, variant, lambda0, lr, dc_momentum=0.95, eps=1e-7,
+                 mean_square="per_worker", momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.w = np.array(w0, dtype=np.float64)
+        self.bak = [self.w.copy() for _ in range(num_workers)]
+        self.variant, self.lambda0, self.lr = variant, lambda0, lr
+        self.dc_momentum, self.eps = dc_momentum, eps
+        self.ms: Dict[int, np.ndarray] = {}
+        self.shared_ms = mean_square == "global"
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+        self.buf: Optional[np.ndarray] = None
+
+    def push(self, m, g, lr=None):
+        g = np.asarray(g, dtype=np.float64)
+        lr = self.lr if lr is None else lr
+        if self.variant == "none":
+            gdc = g.copy()
+        else:
+            if self.variant == "constant":
+                lam = self.lambda0
+            else:
+                key = 0 if self.shared_ms else m
+                ms = self.ms.setdefault(key, np.zeros_like(self.w))
+                lam = adaptive_lambda(ms, g, self.lambda0, self.dc_momentum, self.eps)
+            gdc = dc_gradient(g, self.w, self.bak[m], lam)
+        d = gdc + self.weight_decay * self.w
+        if self.momentum:
+            self.buf = d.copy() if self.buf is None else self.momentum * self.buf + d
+            d = d + self.momentum * self.buf if self.nesterov else self.buf
+        self.w = self.w - lr * d
+
+    def pull(self, m):
+        self.bak[m] = self.w.copy()  # a copy, taken at the pull
+        return self.w.copy()

@@ -1,0 +1,49 @@
+"""Under mpiexec, 1 server + 2 and + 4 workers: every push is applied exactly once."""
+
+import pytest
+
+from mpi_run import run_mpi
+
+
+def _check_conserved(res, workers):
+    results = res.results()
+    assert sorted(results) == list(range(workers)), res.stderr
+    for r in results.values():
+        assert r["conserved"], f"worker {r['rank']}: max |w - (w0 - sum g)| = {r['max_diff']}"
+        assert r["server_updates"] == r["expected_updates"]
+        assert r["finite"] and r["size"] == workers and r["is_sgd"]
+    return results
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+@pytest.mark.parametrize("variant", ["none", "constant", "adaptive"])
+def test_conservation(tmp_path, workers, variant):
+    res = run_mpi(workers + 1, "conservation.py", "--variant", variant, out_dir=tmp_path).check()
+    results = _check_conserved(res, workers)
+    # workers ran different numbers of steps, so they finished at different times
+    assert len({r["steps"] for r in results.values()}) == workers
+
+
+def test_conservation_mixed_dtypes_and_fp16_wire(tmp_path):
+    res = run_mpi(3, "conservation.py", "--variant", "adaptive", "--compression", "fp16",
+                  "--dtypes", "float32,float64,bfloat16,float16", out_dir=tmp_path).check()
+    _check_conserved(res, 2)
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_lr_a_worker_holds_when_pushing_is_applied(tmp_path, order):
+    """LambdaLR cycles lr through 1, 1/2, 1/4 on each worker independently; conservation
+    with sum(lr_i * g_i) holds only if each push is applied with its own worker's lr."""
+    res = run_mpi(4, "conservation.py", "--variant", "constant", "--lr-schedule", order, out_dir=tmp_path).check()
+    _check_conserved(res, 3)
+    assert "overridden after learning rate scheduler" not in res.stderr
+
+
+def test_nonfinite_gradients_are_rejected_counted_and_the_model_stays_finite(tmp_path):
+    res = run_mpi(3, "conservation.py", "--variant", "adaptive", "--nan-every", "4", out_dir=tmp_path).check()
+    results = _check_conserved(res, 2)  # the accepted pushes, and only they, were applied
+    w0 = results[0]
+    assert w0["rejected_expected"] > 0
+    assert w0["rejected"] == w0["rejected_expected"]
+    assert results[1]["rejected"] == 0
+    assert "rejected a gradient with NaN/Inf from worker 0" in res.stderr

@@ -1,0 +1,48 @@
+"""Under mpiexec: a real model learns; pull semantics; a world of one."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mpi_run import SCRIPTS, run_mpi
+
+
+@pytest.mark.parametrize(
+    "workers, variant, optimizer",
+    [(2, "adaptive", "sgd"), (4, "adaptive", "sgd"), (2, "constant", "sgd"), (2, "adaptive", "adam")],
+)
+def test_digits_mlp_learns(tmp_path, workers, variant, optimizer):
+    res = run_mpi(workers + 1, "learn.py", "--variant", variant, "--optimizer", optimizer, out_dir=tmp_path,
+                  timeout=180).check()
+    results = res.results()
+    assert sorted(results) == list(range(workers))
+    for r in results.values():
+        assert r["acc0"] < 0.3
+        assert r["acc1"] > 0.9, r
+        assert r["loss1"] < 0.5 * r["loss0"]
+    # every worker ends on the same server weights
+    assert len({round(r["loss1"], 6) for r in results.values()}) == 1
+
+
+def test_pull_fetches_weights_without_pushing(tmp_path):
+    res = run_mpi(4, "pull.py", out_dir=tmp_path).check()
+    results = res.results()
+    for rank, r in results.items():
+        assert r["equals_worker0"], r
+        assert r["pushes"] == r["pushes_before_pull"] == (5 if rank == 0 else 0)
+        assert r["server_updates"] == 5
+        assert r["changed"]
+
+
+def test_world_of_one_trains_alone_like_horovod(tmp_path):
+    """Launched without mpiexec (singleton MPI) and with mpiexec -n 1."""
+    plain = subprocess.run([sys.executable, str(SCRIPTS / "solo.py"), "--out", str(tmp_path / "plain")],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    res = run_mpi(1, "solo.py", out_dir=tmp_path / "mpi").check()
+    for r in [json.loads((tmp_path / "plain" / "worker0.json").read_text()), res.results()[0]]:
+        assert r["size"] == 1 and r["rank"] == 0 and r["local_size"] == 1
+        assert r["identical"], "hvd_dc in a world of one must train exactly like the wrapped optimizer"
+        assert r["allreduce"] == 2.0

@@ -1,0 +1,94 @@
+"""A recorded schedule of pushes and pulls from several workers, applied by the server's
+own code (ServerState, the object the server loop drives), bit-matches a plain
+single-process float32 transcription of Algorithm 2."""
+
+import random
+
+import pytest
+import torch
+
+from hvd_dc.dc_math import default_lambda
+from server_fixtures import make_state, push
+
+
+def algorithm2_float32(w0, schedule, num_workers, variant, lambda0, lr, momentum=0.95, eps=1e-7, shared_ms=False):
+    """Algorithm 2, literally, in float32 torch ops in the formula's left-to-right order.
+    The SGD step uses add_(alpha=-lr), which is how torch.optim.SGD rounds."""
+    w = w0.clone()
+    bak = [w.clone() for _ in range(num_workers)]
+    ms = {}
+    for op, m, g in schedule:
+        if op == "pull":
+            bak[m] = w.clone()
+            continue
+        if variant == "none":
+            gdc = g
+        else:
+            if variant == "constant":
+                lam = lambda0
+            else:
+                key = 0 if shared_ms else m
+                prev = ms.get(key, torch.zeros_like(w))
+                ms[key] = (momentum * prev) + ((1.0 - momentum) * (g * g))
+                lam = torch.div(torch.tensor(lambda0), torch.sqrt(ms[key] + eps))
+            gdc = g + (((lam * g) * g) * (w - bak[m]))
+        w = w.clone().add_(gdc, alpha=-lr)
+        bak[m] = w.clone()  # Algorithm 1: every push is followed by that worker's pull
+    return w
+
+
+def recorded_schedule(num_workers, steps, n, seed):
+    """Random interleaving: each op is a push (with its pull) or an extra pull-only."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    schedule = []
+    for _ in range(steps):
+        m = rng.randrange(num_workers)
+        if rng.random() < 0.2:
+            schedule.append(("pull", m, None))
+        else:
+            schedule.append(("push", m, torch.randn(n, generator=gen) * 0.3))
+    return schedule
+
+
+@pytest.mark.parametrize("variant", ["adaptive", "constant", "none"])
+@pytest.mark.parametrize("num_workers", [2, 4, 8])
+def test_replay_bit_matches_algorithm2(variant, num_workers):
+    n = 513
+    w0 = torch.randn(n, generator=torch.Generator().manual_seed(7))
+    lam = default_lambda(variant)
+    p = torch.nn.Parameter(w0.clone())
+    state = make_state(torch.optim.SGD([p], lr=0.05), num_workers, variant=variant, dc_lambda=lam if variant != "none" else None)
+    schedule = recorded_schedule(num_workers, 200, n, seed=num_workers)
+    for op, m, g in schedule:
+        if op == "push":
+            assert push(state, m, [g])
+        state.pull(m)  # the loop answers every request with a pull
+    expected = algorithm2_float32(w0, schedule, num_workers, variant, lam, 0.05)
+    got = state.weight_segments[0]
+    assert torch.equal(got, expected), f"max diff {float((got - expected).abs().max())}"
+
+
+def test_replay_global_mean_square_bit_matches():
+    n, M = 100, 3
+    w0 = torch.randn(n, generator=torch.Generator().manual_seed(3))
+    p = torch.nn.Parameter(w0.clone())
+    state = make_state(torch.optim.SGD([p], lr=0.1), M, variant="adaptive", mean_square="global")
+    schedule = recorded_schedule(M, 100, n, seed=11)
+    for op, m, g in schedule:
+        if op == "push":
+            push(state, m, [g])
+        state.pull(m)
+    assert torch.equal(state.weight_segments[0], algorithm2_float32(w0, schedule, M, "adaptive", 2.0, 0.1, shared_ms=True))
+
+
+def test_staleness_counts_updates_by_others_since_the_pull():
+    p = torch.nn.Parameter(torch.zeros(4))
+    state = make_state(torch.optim.SGD([p], lr=0.1), 3, variant="constant")
+    g = [torch.ones(4)]
+    for m in (0, 1, 2):
+        push(state, m, g)
+        state.pull(m)
+    # worker 0 pulled after update 1; updates 2 and 3 came from others since
+    _, staleness = state.apply_push(0, state.layout.segment_views(torch.zeros(state.layout.wire_nbytes, dtype=torch.uint8), wire=True), [0.1])
+    assert staleness == 2
