@@ -56,7 +56,9 @@ class MpiResult:
 
 
 def run_mpi(n: int, script: str, *args: str, out_dir: Path, timeout: float = 120, env: Optional[dict] = None,
-            launcher: Optional[List[str]] = None) -> MpiResult:
+            command: Optional[List[str]] = None) -> MpiResult:
+    """``mpiexec -n n python tests/mpi_scripts/<script> --out out_dir *args``, or ``command``
+    as given; killed with its whole process group after ``timeout`` seconds."""
     out_dir.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ)
     full_env.update({
@@ -68,8 +70,9 @@ def run_mpi(n: int, script: str, *args: str, out_dir: Path, timeout: float = 120
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     })
     full_env.update(env or {})
-    cmd = (launcher if launcher is not None else mpiexec() + ["-n", str(n)])
-    cmd = cmd + [sys.executable, str(SCRIPTS / script), "--out", str(out_dir), *args]
+    if command is None:
+        command = mpiexec() + ["-n", str(n), sys.executable, str(SCRIPTS / script), "--out", str(out_dir), *args]
+    cmd = command
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
                             start_new_session=True)
     try:
