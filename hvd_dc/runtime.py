@@ -103,17 +103,17 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
     (default ``$HVD_DC_START_TIMEOUT`` or 600). Calling ``init`` twice is harmless.
     """
     global _ctx
+    if comm is not None and not isinstance(comm, MPI.Comm):
+        raise TypeError(
+            f"hvd_dc.init(comm=...) takes an mpi4py communicator; got {type(comm).__name__} "
+            "(Horovod's list-of-ranks form is not supported)"
+        )
     if _ctx is not None and not _ctx.shut_down:
         return
     if _ctx is not None and _ctx.shut_down:
         raise RuntimeError("hvd_dc.init() after hvd_dc.shutdown(): a job initializes hvd_dc once")
     if comm is None:
         comm = MPI.COMM_WORLD
-    if not isinstance(comm, MPI.Comm):
-        raise TypeError(
-            f"hvd_dc.init(comm=...) takes an mpi4py communicator; got {type(comm).__name__} "
-            "(Horovod's list-of-ranks form is not supported)"
-        )
     timeout = _env_seconds("HVD_DC_TIMEOUT", 300.0) if timeout is None else float(timeout)
     start_timeout = _env_seconds("HVD_DC_START_TIMEOUT", 600.0) if start_timeout is None else float(start_timeout)
     if timeout <= 0 or start_timeout <= 0:

@@ -190,3 +190,30 @@ def test_paper_lambdas():
     assert validate_dc_options("constant", None, 0.95, 1e-7) == 0.04
     assert validate_dc_options("adaptive", None, 0.95, 1e-7) == 2.0
     assert validate_dc_options("none", None, 0.95, 1e-7) == 0.0
+
+
+class _MySGD(torch.optim.SGD):
+    """Not on the element-wise list: the server must fall back to per-parameter views."""
+
+
+@pytest.mark.parametrize("opt_cls, kw", [(torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-3)),
+                                         (torch.optim.RMSprop, dict(lr=1e-2, momentum=0.5)),
+                                         (_MySGD, dict(lr=0.1, momentum=0.9))])
+def test_server_runs_the_users_optimizer_class(opt_cls, kw):
+    """With lambda = 0 the server's master weights follow the user's optimizer exactly,
+    whether it runs on flat segments or (unknown classes) on per-parameter views."""
+    torch.manual_seed(0)
+    shapes = [(4, 3), (3,), (2, 2)]
+    local = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+    served = [torch.nn.Parameter(p.detach().clone()) for p in local]
+    local_opt = opt_cls(local, **kw)
+    state = make_state(opt_cls(served, **kw), 1, variant="none")
+    assert state.flat_optimizer == (opt_cls is not _MySGD)
+    for step in range(6):
+        grads = [torch.randn(s, dtype=torch.float64) for s in shapes]
+        for p, g in zip(local, grads):
+            p.grad = g.clone()
+        local_opt.step()
+        assert push(state, 0, grads)
+    expected = torch.cat([p.detach().reshape(-1) for p in local])
+    np.testing.assert_allclose(flat_weights(state).numpy(), expected.numpy(), rtol=1e-12, atol=1e-14)
