@@ -104,6 +104,9 @@ class ModelSpec:
     dc_mean_square: str
     compression: str
     num_workers: int
+    checkpoint_path: Optional[str] = None
+    checkpoint_every_updates: Optional[int] = None
+    checkpoint_every_seconds: Optional[float] = None
 
     def structure(self) -> Tuple:
         """The part every worker must agree on (names, shapes, dtypes, groups, options)."""
@@ -117,6 +120,9 @@ class ModelSpec:
             self.dc_eps,
             self.dc_mean_square,
             self.compression,
+            self.checkpoint_path,
+            self.checkpoint_every_updates,
+            self.checkpoint_every_seconds,
         )
 
 
@@ -253,7 +259,17 @@ def diff_specs(reference: ModelSpec, other: ModelSpec, other_rank: int) -> Optio
             f"worker 0 wraps optimizer {'.'.join(a.optimizer_class)} but worker {other_rank} wraps "
             f"{'.'.join(b.optimizer_class)}"
         )
-    for field in ("dc_variant", "dc_lambda", "dc_momentum", "dc_eps", "dc_mean_square", "compression"):
+    for field in (
+        "dc_variant",
+        "dc_lambda",
+        "dc_momentum",
+        "dc_eps",
+        "dc_mean_square",
+        "compression",
+        "checkpoint_path",
+        "checkpoint_every_updates",
+        "checkpoint_every_seconds",
+    ):
         if getattr(a, field) != getattr(b, field):
             return f"{field} is {getattr(a, field)!r} on worker 0 but {getattr(b, field)!r} on worker {other_rank}"
     if len(a.params) != len(b.params):

@@ -114,16 +114,21 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
         raise RuntimeError("hvd_dc.init() after hvd_dc.shutdown(): a job initializes hvd_dc once")
     if comm is None:
         comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1:
+        _refuse_accidental_singleton()
     timeout = _env_seconds("HVD_DC_TIMEOUT", 300.0) if timeout is None else float(timeout)
     start_timeout = _env_seconds("HVD_DC_START_TIMEOUT", 600.0) if start_timeout is None else float(start_timeout)
     if timeout <= 0 or start_timeout <= 0:
         raise ValueError("hvd_dc.init(): timeouts must be > 0 seconds")
     _ctx = Context(comm.Dup(), timeout, start_timeout)
     if _ctx.role == "server":
-        from .server import serve
+        from .server import ServerAbort, serve
 
         try:
             status = serve(_ctx)
+        except ServerAbort as exc:
+            print(f"hvd_dc parameter server: {exc}", file=sys.stderr, flush=True)
+            comm.Abort(1)
         except BaseException as exc:
             # a dead server with live workers would hang them in MPI: end the whole job
             import traceback
@@ -137,6 +142,37 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
         sys.stderr.flush()
         sys.exit(status)
     atexit.register(_shutdown_at_exit)
+
+
+def _refuse_accidental_singleton() -> None:
+    """A launcher that started several tasks, each of which MPI sees as a world of one,
+    would make every task train alone in silence: fail fast instead."""
+    if os.environ.get("HVD_DC_ALLOW_SINGLETON") == "1":
+        return
+    env = os.environ
+    if env.get("HOROVOD_CONTROLLER") == "gloo" or "HOROVOD_GLOO_RENDEZVOUS_ADDR" in env:
+        raise RuntimeError(
+            "hvd_dc needs an MPI world, but this process was started by horovodrun --gloo, which starts no "
+            "MPI job: launch with horovodrun --mpi, mpirun/mpiexec, or srun"
+        )
+    for var, launcher in (
+        ("SLURM_STEP_NUM_TASKS", "srun"),
+        ("OMPI_COMM_WORLD_SIZE", "Open MPI's launcher"),
+        ("PMI_SIZE", "the MPI launcher"),
+        ("PMIX_SIZE", "the PMIx launcher"),
+        ("HOROVOD_SIZE", "horovodrun"),
+    ):
+        try:
+            tasks = int(env.get(var, "1"))
+        except ValueError:
+            continue
+        if tasks > 1:
+            hint = " (under SLURM: srun --mpi=pmix or --mpi=pmi2, matching your MPI)" if var.startswith("SLURM") else ""
+            raise RuntimeError(
+                f"{launcher} started {tasks} tasks ({var}={tasks}) but MPI sees a world of one process: the MPI "
+                f"library did not join the launcher's job{hint}. Refusing to train alone; set "
+                "HVD_DC_ALLOW_SINGLETON=1 to override."
+            )
 
 
 def context() -> Context:

@@ -15,14 +15,17 @@ only decides when a reply is ready.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
+from . import checkpoint
 from .collectives import wait_request
+from .fault_injection import fault_point
 from .layout import ModelSpec
 from .protocol import (
     KIND_PULL,
@@ -53,15 +56,27 @@ class ProtocolError(RuntimeError):
     pass
 
 
+class ServerAbort(RuntimeError):
+    """The server must end the whole job (after writing checkpoints)."""
+
+
 class ServedModel:
     """One registered model: its windows, its state, and what has been answered."""
 
-    def __init__(self, index: int, windows: ServerWindows, state: ServerState) -> None:
+    def __init__(self, index: int, windows: ServerWindows, state: ServerState, started: float) -> None:
         self.index = index
         self.windows = windows
         self.state = state
         self.handled = np.zeros(state.num_workers, dtype=np.int64)
+        self.last_request = np.full(state.num_workers, time.monotonic())
         self._start = 0
+        self._started = started
+        spec = state.spec
+        self._ckpt_path = spec.checkpoint_path
+        self._ckpt_every = spec.checkpoint_every_updates
+        self._ckpt_seconds = spec.checkpoint_every_seconds
+        self._ckpt_updates = state.updates
+        self._ckpt_time = time.monotonic()
 
     def poll(self) -> int:
         """Answer every pending request once; return how many were answered."""
@@ -83,7 +98,29 @@ class ServedModel:
                 )
             self._answer(m, seq)
             self.handled[m] = seq
+        self.last_request[pending] = time.monotonic()
+        self._checkpoint_if_due()
         return int(pending.size)
+
+    def _checkpoint_if_due(self) -> None:
+        if self._ckpt_path is None:
+            return
+        due = self._ckpt_every is not None and self.state.updates - self._ckpt_updates >= self._ckpt_every
+        if not due and self._ckpt_seconds is not None:
+            due = time.monotonic() - self._ckpt_time >= self._ckpt_seconds and self.state.updates > self._ckpt_updates
+        if due:
+            self.write_checkpoint()
+
+    def write_checkpoint(self) -> None:
+        """Write this model's full state to its checkpoint path (atomically)."""
+        if self._ckpt_path is None:
+            return
+        t0 = time.monotonic()
+        checkpoint.save_atomic(checkpoint.snapshot(self.state, t0 - self._started), self._ckpt_path)
+        self._ckpt_updates = self.state.updates
+        self._ckpt_time = time.monotonic()
+        log.info("model %d: checkpoint at update %d written to %s in %.3f s", self.index, self.state.updates,
+                 self._ckpt_path, self._ckpt_time - t0)
 
     def _answer(self, m: int, seq: int) -> None:
         w = self.windows
@@ -92,7 +129,10 @@ class ServedModel:
         staleness = 0
         if kind == KIND_PUSH:
             ok, staleness = self.state.apply_push(m, w.grad[m], w.hyper[m])
-            if not ok:
+            if ok:
+                fault_point("kill_server_mid_update")
+                fault_point("stall_server")
+            else:
                 status = STATUS_REJECTED_NONFINITE
                 if self.state.rejected[m] in (1, 10, 100) or self.state.rejected[m] % 1000 == 0:
                     log.warning(
@@ -134,13 +174,22 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
         lambda: f"parameter server: worker 0 (world rank {FIRST_WORKER_RANK}) did not send the initial weights "
         f"within {ctx.start_timeout:g} s",
     )
+    resumed_from = None
     try:
         state = ServerState(spec, initial, windows.reply_weights)
-        verdict = "ok"
+        path = spec.checkpoint_path
+        if path is not None and os.path.exists(path):
+            warning = checkpoint.restore(state, checkpoint.load(path), path)
+            resumed_from = path
+            if warning:
+                log.warning("%s", warning)
+            log.warning("model %d: resumed from %s at update %d", index, path, state.updates)
+        pushes = (state.accepted + state.rejected).tolist()
+        verdict = {"ok": True, "updates": int(state.updates), "pushes": pushes, "resumed_from": resumed_from}
     except Exception as exc:
         log.error("cannot serve model %d: %s", index, exc)
         state = None
-        verdict = f"the parameter server cannot serve this model: {exc}"
+        verdict = {"ok": False, "error": f"the parameter server cannot serve this model: {exc}"}
     for r in range(FIRST_WORKER_RANK, world.Get_size()):
         world.send(verdict, dest=r, tag=TAG_REGISTERED)
     if state is None:
@@ -159,7 +208,7 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
         ".".join(spec.optimizer_class),
         "flat segments" if state.flat_optimizer else "per-parameter views",
     )
-    return ServedModel(index, windows, state)
+    return ServedModel(index, windows, state, time.monotonic())
 
 
 def serve(ctx: Context) -> int:
@@ -172,16 +221,21 @@ def serve(ctx: Context) -> int:
     backoff = Backoff()
     started = time.monotonic()
     n_workers = ctx.num_workers
+    first_bye: Optional[float] = None
     while len(byes) < n_workers:
         answered = 0
         for model in models:
             answered += model.poll()
+        if first_bye is not None:
+            _check_stragglers(ctx, models, byes, first_bye)
         while world.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_CONTROL, status=status):
             src = status.Get_source()
             msg = world.recv(source=src, tag=TAG_CONTROL)
             answered += 1
             if msg[0] == "bye":
                 byes.add(src)
+                if first_bye is None:
+                    first_bye = time.monotonic()
             elif msg[0] == "register":
                 try:
                     served = _register(ctx, msg[1], len(models) + len(failures))
@@ -216,5 +270,28 @@ def serve(ctx: Context) -> int:
             s["finite"],
         )
     for model in models:
+        model.write_checkpoint()
+    for model in models:
         model.close()  # collective with the workers' shutdown, in registration order
     return 1 if failures else 0
+
+
+def _check_stragglers(ctx: Context, models: List[ServedModel], byes: set, first_bye: float) -> None:
+    """Once a worker has finished, a worker silent for ``ctx.timeout`` seconds ends the job.
+
+    The finished workers wait in the collective window release for the others, so a
+    worker that hangs would hang the job: name it, write the checkpoints, abort.
+    """
+    now = time.monotonic()
+    for rank in range(FIRST_WORKER_RANK, ctx.world.Get_size()):
+        if rank in byes:
+            continue
+        m = rank - FIRST_WORKER_RANK
+        last = max([first_bye] + [float(model.last_request[m]) for model in models])
+        if now - last > ctx.timeout:
+            for model in models:
+                model.write_checkpoint()
+            raise ServerAbort(
+                f"worker {m} (world rank {rank}) sent nothing for {now - last:.0f} s while other workers had "
+                f"finished (HVD_DC_TIMEOUT={ctx.timeout:g} s); checkpoints written; ending the job"
+            )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
+import os
 import types
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -61,6 +62,10 @@ def DistributedDCOptimizer(
     dc_momentum: float = 0.95,
     dc_eps: float = 1e-7,
     dc_mean_square: str = "per_worker",
+    nonfinite: str = "skip",
+    checkpoint_path: Optional[str] = None,
+    checkpoint_every_updates: Optional[int] = None,
+    checkpoint_every_seconds: Optional[float] = None,
 ) -> torch.optim.Optimizer:
     """Make ``optimizer`` train asynchronously through the DC-ASGD parameter server.
 
@@ -76,6 +81,16 @@ def DistributedDCOptimizer(
     compensated gradient; the learning rate (and every float hyperparameter) a worker's
     optimizer holds when it pushes is the one applied to that gradient.
 
+    ``nonfinite``: what a gradient with NaN/Inf does. The server always rejects it whole
+    and counts it (the model is not touched); ``"skip"`` (default) warns, rate-limited,
+    and goes on; ``"raise"`` raises ``FloatingPointError`` from ``step()``.
+
+    ``checkpoint_path``: the server writes its full state there (atomically) every
+    ``checkpoint_every_updates`` updates and/or ``checkpoint_every_seconds`` seconds, and
+    at shutdown. If the file exists when the job starts, the server resumes from it and
+    every worker starts from the weights it held then; ``stats()["pushes"]`` is then this
+    worker's push count at the checkpoint, so a loop can skip what was already done.
+
     In a world of one process the optimizer trains alone, as with Horovod.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -88,6 +103,9 @@ def DistributedDCOptimizer(
         raise ValueError(f"backward_passes_per_step must be an int >= 1; got {backward_passes_per_step!r}")
     lam = validate_dc_options(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square)
     comp = compression_name(compression)
+    if nonfinite not in ("skip", "raise"):
+        raise ValueError(f"nonfinite must be 'skip' or 'raise'; got {nonfinite!r}")
+    _validate_checkpointing(checkpoint_path, checkpoint_every_updates, checkpoint_every_seconds)
     ctx = context()
     params, names = _trained_parameters(optimizer, named_parameters)
     if ctx.role == "solo":
@@ -106,10 +124,24 @@ def DistributedDCOptimizer(
         dc_mean_square=dc_mean_square,
         compression=comp,
         num_workers=ctx.num_workers,
+        checkpoint_path=None if checkpoint_path is None else os.path.abspath(checkpoint_path),
+        checkpoint_every_updates=checkpoint_every_updates,
+        checkpoint_every_seconds=None if checkpoint_every_seconds is None else float(checkpoint_every_seconds),
     )
-    worker = DCWorker(optimizer, [p for p, _ in params], spec, backward_passes_per_step)
+    worker = DCWorker(optimizer, [p for p, _ in params], spec, backward_passes_per_step, nonfinite)
     ctx.engines.append(worker)
     return optimizer
+
+
+def _validate_checkpointing(path, every_updates, every_seconds) -> None:
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"checkpoint_path must be a file path; got {path!r}")
+    if every_updates is not None and (isinstance(every_updates, bool) or not isinstance(every_updates, int) or every_updates < 1):
+        raise ValueError(f"checkpoint_every_updates must be an int >= 1; got {every_updates!r}")
+    if every_seconds is not None and (not isinstance(every_seconds, (int, float)) or not every_seconds > 0):
+        raise ValueError(f"checkpoint_every_seconds must be a number > 0; got {every_seconds!r}")
+    if path is None and (every_updates is not None or every_seconds is not None):
+        raise ValueError("checkpoint_every_updates/checkpoint_every_seconds need a checkpoint_path")
 
 
 def _step(optimizer, closure=None):
@@ -208,13 +240,21 @@ class DCWorker:
     """A worker's half of one served model: buffers, channel, counters, and the
     methods bound onto the user's optimizer."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], spec: ModelSpec, backward_passes_per_step: int) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: List[torch.nn.Parameter],
+        spec: ModelSpec,
+        backward_passes_per_step: int,
+        nonfinite: str = "skip",
+    ) -> None:
         ctx = context()
         self.ctx = ctx
         self.optimizer = optimizer
         self.params = params
         self.spec = spec
         self.backward_passes_per_step = backward_passes_per_step
+        self.nonfinite = nonfinite
         self.layout = FlatLayout(spec.params, wire_fp16=(spec.compression == "fp16"))
         self.wl = WindowLayout(self.layout, len(spec.hyper_slots), ctx.num_workers)
         self._agree_on_model()
@@ -232,10 +272,10 @@ class DCWorker:
             req = world.Isend([initial.numpy(), layout.nbytes, MPI.BYTE], dest=SERVER_RANK, tag=TAG_WEIGHTS)
             wait_request(req, ctx.start_timeout, self._server_silent("receive the initial weights"))
         verdict = recv_with_timeout(world, SERVER_RANK, TAG_REGISTERED, ctx.start_timeout, self._server_silent("register the model"))
-        if verdict != "ok":
+        if not verdict["ok"]:
             self.channel.free()
             ctx.registration_failed = True
-            raise RuntimeError(f"hvd_dc: {verdict}")
+            raise RuntimeError(f"hvd_dc: {verdict['error']}")
         self.channel.open()
         self.channel.fetch_reply()  # w_0, identical on every worker and equal to w_bak(m)
         self._bind_weights()
@@ -243,10 +283,11 @@ class DCWorker:
         self._grad_getter = operator.attrgetter("grad")
         self._hook_handle = params[0].register_post_accumulate_grad_hook(self._count_backward)
         self._backward_passes = 0
-        self.pushes = 0
+        self.resumed_from = verdict["resumed_from"]
+        self.pushes = int(verdict["pushes"][me])  # > 0 only when resuming from a checkpoint
         self.pulls = 1
         self.rejected = 0
-        self.server_updates = 0
+        self.server_updates = int(verdict["updates"])
         self.staleness_sum = 0
         self.staleness_max = 0
         self._closed = False
@@ -415,6 +456,7 @@ class DCWorker:
             "server_updates": self.server_updates,
             "staleness_mean": self.staleness_sum / max(self.pushes - self.rejected, 1),
             "staleness_max": self.staleness_max,
+            "resumed_from": self.resumed_from,
         }
 
     # -- internals ------------------------------------------------------------------------
@@ -453,6 +495,11 @@ class DCWorker:
         self.pushes += 1
         if int(meta[RM_STATUS]) != STATUS_OK:
             self.rejected += 1
+            if self.nonfinite == "raise":
+                raise FloatingPointError(
+                    f"hvd_dc worker {self.ctx.workers.Get_rank()}: the gradient has NaN/Inf elements; the server "
+                    "rejected it and the model was not changed (nonfinite='raise')"
+                )
             if self.rejected in (1, 10, 100) or self.rejected % 1000 == 0:
                 warnings.warn(
                     f"hvd_dc worker {self.ctx.workers.Get_rank()}: the server rejected a gradient with NaN/Inf "

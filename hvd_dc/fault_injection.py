@@ -1,0 +1,53 @@
+"""Fault injection for the reliability tests: kill or stall the server at a chosen point.
+
+Set ``HVD_DC_FAULT=<point>:<n>`` to make the server misbehave the ``n``-th time it
+reaches ``<point>`` (counted from 1). Points:
+
+* ``kill_server_mid_update``: after the optimizer changed the master weights, before the
+  reply is published (SIGKILL, the worst moment for the server to die).
+* ``kill_server_mid_checkpoint``: after half of a checkpoint's bytes reached the temporary
+  file, before it is renamed (SIGKILL).
+* ``stall_server``: the server stops answering but stays alive (sleeps forever).
+
+Unset (the default), :func:`fault_point` costs one dictionary lookup. Meant for tests only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Dict, Optional, Tuple
+
+__all__ = ["fault_point"]
+
+
+def _parse() -> Optional[Tuple[str, int]]:
+    raw = os.environ.get("HVD_DC_FAULT", "")
+    if not raw:
+        return None
+    point, _, count = raw.partition(":")
+    return point, int(count or 1)
+
+
+_FAULT = _parse()
+_seen: Dict[str, int] = {}
+
+
+def fault_point(point: str, handle: Any = None) -> None:
+    """Trigger the configured fault if this is its point and its turn."""
+    if _FAULT is None or _FAULT[0] != point:
+        return
+    _seen[point] = _seen.get(point, 0) + 1
+    if _seen[point] != _FAULT[1]:
+        return
+    print(f"hvd_dc fault injection: {point} #{_FAULT[1]}", flush=True)
+    if point == "stall_server":
+        while True:
+            time.sleep(3600)
+    if point == "kill_server_mid_checkpoint" and handle is not None:
+        size = handle.tell()
+        handle.truncate(size // 2)  # the temporary file now holds half a checkpoint
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)

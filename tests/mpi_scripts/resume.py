@@ -1,0 +1,80 @@
+"""Training that can be killed and restarted from the server's checkpoint.
+
+--mode conserve: integer gradients, lambda = 0, lr = 1; the final weights must equal
+  w0 - (sum of every gradient of every step of every worker): each step's push applied
+  exactly once over the job's lives, however many times it was killed and restarted.
+--mode trajectory: a small MLP on deterministic batches with DC-ASGD-a and momentum; the
+  final weights are written so that a test can compare a killed-and-resumed run with an
+  uninterrupted one bit for bit (with one worker the schedule is deterministic).
+Each worker continues from opt.stats()["pushes"], its push count at the checkpoint.
+"""
+
+import os
+import signal
+import time
+
+import torch
+
+import hvd_dc as hvd
+from common import parser, write_result
+
+p = parser()
+p.add_argument("--mode", choices=["conserve", "trajectory"], default="conserve")
+p.add_argument("--ckpt", required=True)
+p.add_argument("--steps", type=int, default=40)
+p.add_argument("--every", type=int, default=10)
+p.add_argument("--die-at", type=int, default=-1, help="worker 1 SIGKILLs itself at this step")
+p.add_argument("--sleep", type=float, default=0.0)
+args = p.parse_args()
+
+hvd.init()
+me, n = hvd.rank(), hvd.size()
+with open(os.path.join(args.out, f"pid{me + 1}"), "w") as f:
+    f.write(str(os.getpid()))
+
+
+def coef(m, s, shape):
+    g = torch.Generator().manual_seed(7919 * m + s)
+    return torch.randint(-3, 4, shape, generator=g).float()
+
+
+if args.mode == "conserve":
+    w = torch.nn.Parameter(torch.arange(24, dtype=torch.float32).reshape(4, 6))
+    named = [("w", w)]
+    opt = torch.optim.SGD([w], lr=1.0)
+    dc = dict(dc_variant="adaptive", dc_lambda=0.0)
+else:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    named = list(model.named_parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    dc = dict(dc_variant="adaptive")
+opt = hvd.DistributedDCOptimizer(opt, named_parameters=named, checkpoint_path=args.ckpt,
+                                 checkpoint_every_updates=args.every, **dc)
+start = opt.stats()["pushes"]
+for s in range(start, args.steps):
+    if s == args.die_at and me == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    opt.zero_grad()
+    if args.mode == "conserve":
+        (w * coef(me, s, w.shape)).sum().backward()
+    else:
+        g = torch.Generator().manual_seed(1000 * me + s)
+        x = torch.randn(8, 5, generator=g)
+        ((model(x) - x.sum(1, keepdim=True).sin()) ** 2).mean().backward()
+    opt.step()
+    if args.sleep:
+        time.sleep(args.sleep)
+hvd.barrier()
+opt.pull()
+final = torch.cat([t.detach().reshape(-1) for _, t in named])
+result = dict(start=start, resumed_from=opt.stats()["resumed_from"], final=final.tolist())
+if args.mode == "conserve":
+    expected = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    for m in range(n):
+        for s in range(args.steps):
+            expected -= coef(m, s, (4, 6))
+    result["conserved"] = bool(torch.equal(w.detach(), expected))
+    result["max_diff"] = float((w.detach() - expected).abs().max())
+write_result(args.out, me, **result)
+hvd.shutdown()
