@@ -263,8 +263,9 @@ class WorkerChannel:
                 break
             if deadline.expired():
                 raise HvdDcTimeout(
-                    f"worker rank {self.comm.Get_rank()}: the parameter server (world rank {server}) did not "
-                    f"answer request #{self.seq} within {self.timeout:g} s (set HVD_DC_TIMEOUT to wait longer)"
+                    f"worker {self.worker} (world rank {self.comm.Get_rank()}): the parameter server (world rank "
+                    f"{server}) did not answer request #{self.seq} within {self.timeout:g} s "
+                    "(set HVD_DC_TIMEOUT to wait longer)"
                 )
             backoff.wait()
         self.fetch_reply()

@@ -83,6 +83,7 @@ class Context:
             self.local = workers.Split_type(MPI.COMM_TYPE_SHARED, key=workers.Get_rank())
         self.engines: List[object] = []  # DCWorker objects, in registration order
         self.registration_failed = False
+        self.server_lost = False  # a wait on the server timed out: shutdown cannot be collective
         self.shut_down = False
 
     @property
@@ -127,15 +128,13 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
         try:
             status = serve(_ctx)
         except ServerAbort as exc:
-            print(f"hvd_dc parameter server: {exc}", file=sys.stderr, flush=True)
-            comm.Abort(1)
+            abort_job(f"hvd_dc parameter server: {exc}")
         except BaseException as exc:
             # a dead server with live workers would hang them in MPI: end the whole job
             import traceback
 
             traceback.print_exc()
-            print(f"hvd_dc: the parameter server failed ({type(exc).__name__}: {exc}); aborting the job", file=sys.stderr, flush=True)
-            comm.Abort(1)
+            abort_job(f"hvd_dc: the parameter server failed ({type(exc).__name__}: {exc}); aborting the job")
         _ctx.shut_down = True
         logging.shutdown()
         sys.stdout.flush()
@@ -220,11 +219,26 @@ def shutdown() -> None:
     if ctx is None or ctx.shut_down:
         return
     ctx.shut_down = True
+    if ctx.role == "worker" and ctx.server_lost:
+        abort_job(
+            f"hvd_dc worker {ctx.workers.Get_rank()}: the parameter server (world rank {SERVER_RANK}) stopped "
+            "answering; ending the job"
+        )
     if ctx.role == "worker":
         ctx.world.send(("bye",), dest=SERVER_RANK, tag=TAG_CONTROL)
         for engine in ctx.engines:
             engine._close()  # type: ignore[attr-defined]
     ctx.engines.clear()
+
+
+def abort_job(message: str) -> None:
+    """Print ``message`` and end every rank of the job (MPI_Abort), then this process."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    try:
+        (_ctx.world if _ctx is not None else MPI.COMM_WORLD).Abort(1)
+    finally:
+        os._exit(1)  # MPI_Abort may return before the launcher has killed this rank
 
 
 def _shutdown_at_exit() -> None:

@@ -421,7 +421,7 @@ class DCWorker:
             for wire, seg in zip(self._wire_segments, self._grad_segments):
                 wire.copy_(seg)
         read_hyperparameters(self.optimizer.param_groups, self.spec.hyper_slots, self.channel.hyper)
-        meta = self.channel.exchange(KIND_PUSH)
+        meta = self._exchange(KIND_PUSH)
         self._after_reply(meta, pushed=True)
         self._backward_passes = 0
         return loss
@@ -429,7 +429,7 @@ class DCWorker:
     def pull(self) -> None:
         """Fetch the server's newest weights into the model without pushing."""
         self._check_open()
-        meta = self.channel.exchange(KIND_PULL)
+        meta = self._exchange(KIND_PULL)
         self._after_reply(meta, pushed=False)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -464,6 +464,13 @@ class DCWorker:
     def _check_open(self) -> None:
         if self._closed or self.ctx.shut_down:
             raise RuntimeError("hvd_dc has been shut down; this optimizer can no longer step or pull")
+
+    def _exchange(self, kind: int) -> np.ndarray:
+        try:
+            return self.channel.exchange(kind)
+        except HvdDcTimeout:
+            self.ctx.server_lost = True  # shutdown must not wait on the server collectively
+            raise
 
     def _gather_grads(self) -> None:
         """Make the flat gradient buffer hold every parameter's gradient.
