@@ -73,3 +73,19 @@ def test_singleton_override(tmp_path):
                          text=True, timeout=60, env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "worker0.json").read_text())["size"] == 1
+
+
+def test_calls_before_init_are_refused_clearly():
+    code = (
+        "import torch, hvd_dc as hvd\n"
+        "m = torch.nn.Linear(2, 1)\n"
+        "for f in (lambda: hvd.size(), lambda: hvd.DistributedDCOptimizer(torch.optim.SGD(m.parameters(), lr=0.1)),\n"
+        "          lambda: hvd.allreduce(torch.ones(1))):\n"
+        "    try:\n"
+        "        f(); print('NO ERROR')\n"
+        "    except RuntimeError as e:\n"
+        "        print(e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("hvd_dc has not been initialized; call hvd_dc.init() first") == 3, res.stdout
