@@ -128,7 +128,9 @@ class ServedModel:
         status = STATUS_OK
         staleness = 0
         if kind == KIND_PUSH:
-            ok, staleness = self.state.apply_push(m, w.grad[m], w.hyper[m])
+            # the push and the pull that follows it; the pull writes w_bak(m) into m's
+            # reply area: the weights m receives
+            ok, staleness = self.state.apply_push(m, w.grad[m], w.hyper[m], pull=True)
             if ok:
                 fault_point("kill_server_mid_update")
                 fault_point("stall_server")
@@ -141,9 +143,10 @@ class ServedModel:
                         m + FIRST_WORKER_RANK,
                         int(self.state.rejected[m]),
                     )
-        elif kind != KIND_PULL:
+        elif kind == KIND_PULL:
+            self.state.pull(m)
+        else:
             raise ProtocolError(f"model {self.index}: worker {m} sent unknown request kind {kind}")
-        self.state.pull(m)  # writes w_bak(m) into m's reply area: the weights m receives
         meta = w.reply_meta[m]
         meta[RM_SEQ] = seq
         meta[RM_STATUS] = status

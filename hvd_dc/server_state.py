@@ -14,6 +14,11 @@ the weights; the replay test passes plain tensors. Its two operations are Algori
 The optimizer runs on one flat tensor per (param group, dtype) segment when its class is
 known to be element-wise (SGD, Adam, ...), which is exact and keeps the server free of
 per-parameter loops; any other class runs on per-parameter views, also exact.
+
+When the fused kernels (:mod:`hvd_dc.kernels`) are built, float32/float64 segments are
+compensated in one pass, and with ``torch.optim.SGD`` the compensation, the SGD step and
+the copy into the worker's reply area are one pass; the results are bit-identical to the
+torch path, which remains the fallback and the reference.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from . import kernels
 from .dc_math import DelayCompensator
 from .layout import FlatLayout, ModelSpec, resolve_class, write_hyperparameters
 
@@ -94,6 +100,18 @@ class ServerState:
             eps=spec.dc_eps,
             mean_square=spec.dc_mean_square,
         )
+        fused_dtypes = all(seg.dtype in kernels.FUSED_DTYPES for seg in layout.segments)
+        self.fused = kernels.available()
+        self.fused_segments = [self.fused and seg.dtype in kernels.FUSED_DTYPES for seg in layout.segments]
+        self.fused_sgd = self.fused and fused_dtypes and flat_optimizer and opt_class is torch.optim.SGD and not any(
+            g.get("differentiable", False) for g in self.optimizer.param_groups
+        )
+        # segment i's master parameter and its param group (flat layout only)
+        self._segment_params = [p for params in self.master_params for p in params] if flat_optimizer else []
+        self._segment_groups = []
+        if flat_optimizer:
+            for group in self.optimizer.param_groups:
+                self._segment_groups.extend([group] * len(group["params"]))
         self._decompressed: List[Optional[torch.Tensor]] = [
             torch.empty(s.numel, dtype=s.dtype) if ws.dtype != s.dtype else None
             for s, ws in zip(layout.segments, layout.wire_segments)
@@ -144,39 +162,89 @@ class ServerState:
 
     # -- Algorithm 2 ----------------------------------------------------------------------
 
-    def apply_push(self, worker: int, wire_grad: Sequence[torch.Tensor], hyper: Sequence[float]) -> tuple:
-        """Apply worker ``worker``'s gradient (wire-layout segments) to the master weights.
+    def apply_push(self, worker: int, wire_grad: Sequence[torch.Tensor], hyper: Sequence[float], pull: bool = False) -> tuple:
+        """Apply worker ``worker``'s gradient (wire-layout segments) to the master weights;
+        with ``pull=True`` also answer the pull that follows it (Algorithm 1).
 
         Returns ``(accepted, staleness)``. A gradient with any non-finite element is
-        rejected whole and counted; the master weights are not touched.
+        rejected whole and counted; the master weights and MeanSquare are not touched.
         """
         staleness = int(self.updates - self.updates_at_pull[worker])
-        for g in wire_grad:
-            if not bool(torch.isfinite(g).all()):
-                self.rejected[worker] += 1
-                return False, staleness
+        if not self._all_finite(wire_grad):
+            self.rejected[worker] += 1
+            if pull:
+                self.pull(worker)
+            return False, staleness
         self._set_hyperparameters(hyper)
-        comp = self.compensator
-        for i, (g, w, wb, out) in enumerate(
-            zip(wire_grad, self.weight_segments, self.backup_segments[worker], self.grad_segments)
-        ):
-            dec = self._decompressed[i]
+        grads = list(wire_grad)
+        for i, dec in enumerate(self._decompressed):
             if dec is not None:
-                dec.copy_(g)
-                g = dec
-            comp.compensate(i, worker, g, w, wb, out)
-        self.optimizer.step()
+                dec.copy_(grads[i])
+                grads[i] = dec
+        copied = False
+        if self.fused_sgd and self._momentum_buffers_ready():
+            self._fused_sgd_step(worker, grads, self.backup_segments[worker] if pull else None)
+            copied = pull
+        else:
+            self._compensate(worker, grads)
+            self.optimizer.step()
         self.updates += 1
         self.accepted[worker] += 1
         self.staleness_sum[worker] += staleness
         if staleness > self.staleness_max[worker]:
             self.staleness_max[worker] = staleness
         self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + 1
+        if pull:
+            if copied:
+                self._note_pull(worker)
+            else:
+                self.pull(worker)
         return True, staleness
+
+    def _all_finite(self, wire_grad: Sequence[torch.Tensor]) -> bool:
+        for g, fused in zip(wire_grad, self.fused_segments):
+            ok = kernels.all_finite(g) if fused and g.dtype in kernels.FUSED_DTYPES else bool(torch.isfinite(g).all())
+            if not ok:
+                return False
+        return True
+
+    def _compensate(self, worker: int, grads: Sequence[torch.Tensor]) -> None:
+        """g_dc into the master gradient buffer, segment by segment."""
+        comp = self.compensator
+        adaptive = comp.variant == "adaptive"
+        for i, (g, w, wb, out) in enumerate(zip(grads, self.weight_segments, self.backup_segments[worker], self.grad_segments)):
+            if self.fused_segments[i]:
+                ms = comp.mean_square_of(worker)[i] if adaptive else None
+                kernels.compensate(comp.variant, g, w, wb, ms, out, comp.lambda0, comp.momentum, comp.eps)
+            else:
+                comp.compensate(i, worker, g, w, wb, out)
+
+    def _momentum_buffers_ready(self) -> bool:
+        """The fused SGD step needs existing momentum buffers; the first step is torch's."""
+        state = self.optimizer.state
+        for p, group in zip(self._segment_params, self._segment_groups):
+            if group["momentum"] and state.get(p, {}).get("momentum_buffer") is None:
+                return False
+        return True
+
+    def _fused_sgd_step(self, worker: int, grads: Sequence[torch.Tensor], copies) -> None:
+        comp = self.compensator
+        adaptive = comp.variant == "adaptive"
+        state = self.optimizer.state
+        for i, (g, w, wb, p, group) in enumerate(
+            zip(grads, self.weight_segments, self.backup_segments[worker], self._segment_params, self._segment_groups)
+        ):
+            ms = comp.mean_square_of(worker)[i] if adaptive else None
+            buf = state[p].get("momentum_buffer") if group["momentum"] else None
+            kernels.sgd(comp.variant, g, w, wb, ms, buf, None if copies is None else copies[i], comp.lambda0,
+                        comp.momentum, comp.eps, group)
 
     def pull(self, worker: int) -> None:
         """``w_bak(worker) <- w``: the copy worker ``worker`` receives and computes on."""
         self.backups[worker].copy_(self.weights)
+        self._note_pull(worker)
+
+    def _note_pull(self, worker: int) -> None:
         self.updates_at_pull[worker] = self.updates
         self.pulls[worker] += 1
 

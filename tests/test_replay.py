@@ -1,9 +1,10 @@
 """A recorded schedule of pushes and pulls from several workers, applied by the server's
-own code (ServerState, the object the server loop drives), bit-matches a plain
-single-process float32 transcription of Algorithm 2."""
+own code (ServerState, the object the server loop drives, with whichever kernels it uses),
+bit-matches a plain single-process float32 transcription of Algorithm 2."""
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,8 @@ def algorithm2_float32(w0, schedule, num_workers, variant, lambda0, lr, momentum
                 key = 0 if shared_ms else m
                 prev = ms.get(key, torch.zeros_like(w))
                 ms[key] = (momentum * prev) + ((1.0 - momentum) * (g * g))
-                lam = torch.div(torch.tensor(lambda0), torch.sqrt(ms[key] + eps))
+                # the correctly rounded square root (numpy's), as the paper's formula means
+                lam = torch.div(torch.tensor(lambda0), torch.from_numpy(np.sqrt((ms[key] + eps).numpy())))
             gdc = g + (((lam * g) * g) * (w - bak[m]))
         w = w.clone().add_(gdc, alpha=-lr)
         bak[m] = w.clone()  # Algorithm 1: every push is followed by that worker's pull

@@ -1,0 +1,231 @@
+/* Fused DC-ASGD kernels for the parameter server (float32 and float64).
+ *
+ * One pass over a flat segment instead of the eight to ten passes that separate tensor
+ * operations need. The arithmetic is the same, in the same order and with the same
+ * roundings as hvd_dc.dc_math (separate multiply and add) and as torch.optim.SGD (a fused
+ * multiply-add exactly where torch's add_(..., alpha=...) uses one), so the results are
+ * bit-identical to the torch path. Built with -ffp-contract=off so that the compiler adds
+ * no fused multiply-add of its own.
+ *
+ * Pointers arrive as integers (tensor.data_ptr()); the Python wrapper in hvd_dc/kernels.py
+ * checks dtypes, sizes and contiguity before calling.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { VARIANT_NONE = 0, VARIANT_CONSTANT = 1, VARIANT_ADAPTIVE = 2 };
+
+typedef struct {
+    int variant;
+    double lambda0, ms_momentum, eps;
+    /* SGD */
+    double lr, momentum, dampening, weight_decay;
+    int nesterov, maximize, first_step;
+} params_t;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX2_PATH 1
+#define TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define HAVE_AVX2_PATH 0
+#define TARGET_AVX2
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+/* One segment, element type T. VARIANT, STEP (0: write g_dc to out; 1: plain SGD step;
+ * 2: SGD step with momentum; 3: with Nesterov momentum) and COPY are compile-time constants
+ * in every instantiation,
+ * so each compiles to one straight, vectorised loop. FMA(a, b, c) = a * b + c, one rounding. */
+#define DEFINE_TEMPLATE(T, FMA, SQRT)                                                       \
+    INLINE void dc_loop_##T(int64_t n, const T *restrict g, T *restrict w, const T *restrict wb, \
+                            T *restrict ms, T *restrict out, T *restrict buf, T *restrict copy, \
+                            const params_t *p, const int VARIANT, const int STEP, const int COPY) { \
+        const T lam0 = (T)p->lambda0, m = (T)p->ms_momentum;                                \
+        const T one_m = (T)(1.0 - p->ms_momentum), eps = (T)p->eps;                         \
+        const T sign = p->maximize ? (T)-1 : (T)1, wd = (T)p->weight_decay;                 \
+        const T mom = (T)p->momentum, one_damp = (T)(1.0 - p->dampening);                   \
+        const T neg_lr = (T)(-p->lr);                                                       \
+        for (int64_t i = 0; i < n; i++) {                                                   \
+            const T gi = g[i], wi = w[i];                                                   \
+            T gdc = gi;                                                                     \
+            if (VARIANT != VARIANT_NONE) {                                                  \
+                T lam_g;                                                                    \
+                if (VARIANT == VARIANT_ADAPTIVE) {                                          \
+                    T sq = gi * gi;                 /* (1 - m) * (g * g) */                 \
+                    sq = sq * one_m;                                                        \
+                    T msi = ms[i] * m;              /* (m * ms) + that */                   \
+                    msi = msi + sq;                                                         \
+                    ms[i] = msi;                                                            \
+                    lam_g = (lam0 / SQRT(msi + eps)) * gi;                                  \
+                } else {                                                                    \
+                    lam_g = gi * lam0;                                                      \
+                }                                                                           \
+                lam_g = lam_g * gi;                 /* (lam * g) * g */                     \
+                lam_g = lam_g * (wi - wb[i]);       /* ... * (w - w_bak) */                 \
+                gdc = gi + lam_g;                                                           \
+            }                                                                               \
+            if (STEP == 0) {                                                                \
+                out[i] = gdc;                                                               \
+                continue;                                                                   \
+            }                                                                               \
+            /* torch.optim.SGD, in its order */                                             \
+            T d = gdc * sign;                                  /* maximize: -grad */        \
+            d = FMA(wd, wi, d);                                /* grad.add(param, alpha=wd) */ \
+            if (STEP >= 2) {                                                                \
+                /* buf.mul_(momentum).add_(grad, alpha=1 - dampening); the first step, which */ \
+                /* clones grad into a new buffer, is left to torch.optim.SGD itself          */ \
+                const T b = FMA(one_damp, d, buf[i] * mom);                                 \
+                buf[i] = b;                                                                 \
+                d = STEP == 3 ? FMA(mom, b, d) : b;            /* nesterov: grad.add(buf, alpha=mom) */ \
+            }                                                                               \
+            const T wn = FMA(neg_lr, d, wi);                   /* param.add_(grad, alpha=-lr) */ \
+            w[i] = wn;                                                                      \
+            if (COPY) copy[i] = wn;                                                         \
+        }                                                                                   \
+    }
+
+DEFINE_TEMPLATE(float, fmaf, sqrtf)
+DEFINE_TEMPLATE(double, fma, sqrt)
+
+/* run(): dispatch the runtime flags to constant instantiations */
+#define INSTANCES(T, SUFFIX, TARGET)                                                        \
+    TARGET static void run_##SUFFIX(int64_t n, const T *g, T *w, const T *wb, T *ms, T *out, T *buf, \
+                                    T *copy, const params_t *p, int step) {                 \
+        switch (p->variant * 8 + step * 2 + (copy != NULL)) {                               \
+        case 0: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 0, 0); break; \
+        case 1: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 0, 1); break; \
+        case 2: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 1, 0); break; \
+        case 3: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 1, 1); break; \
+        case 4: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 2, 0); break; \
+        case 5: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 2, 1); break; \
+        case 6: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 3, 0); break; \
+        case 7: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 3, 1); break; \
+        case 8: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 0, 0); break; \
+        case 9: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 0, 1); break; \
+        case 10: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 1, 0); break; \
+        case 11: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 1, 1); break; \
+        case 12: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 2, 0); break; \
+        case 13: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 2, 1); break; \
+        case 14: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 3, 0); break; \
+        case 15: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 3, 1); break; \
+        case 16: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 0, 0); break; \
+        case 17: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 0, 1); break; \
+        case 18: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 1, 0); break; \
+        case 19: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 1, 1); break; \
+        case 20: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 2, 0); break; \
+        case 21: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 2, 1); break; \
+        case 22: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 3, 0); break; \
+        case 23: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 3, 1); break; \
+        }                                                                                   \
+    }
+
+INSTANCES(float, f32_base, )
+INSTANCES(double, f64_base, )
+#if HAVE_AVX2_PATH
+INSTANCES(float, f32_avx2, TARGET_AVX2)
+INSTANCES(double, f64_avx2, TARGET_AVX2)
+#endif
+
+static int use_avx2(void) {
+#if HAVE_AVX2_PATH
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+/* all_finite: one read pass, no allocation; 1 if every element is finite */
+#define DEFINE_FINITE(T, UT, EXPMASK, SUFFIX)                                               \
+    static int all_finite_##SUFFIX(int64_t n, const T *x) {                                 \
+        const UT *u = (const UT *)x;                                                        \
+        UT bad = 0;                                                                         \
+        for (int64_t i = 0; i < n; i++) bad |= (UT)((u[i] & EXPMASK) == EXPMASK);           \
+        return bad == 0;                                                                    \
+    }
+DEFINE_FINITE(float, uint32_t, 0x7f800000u, f32)
+DEFINE_FINITE(double, uint64_t, 0x7ff0000000000000ull, f64)
+
+static PyObject *py_all_finite(PyObject *self, PyObject *args) {
+    unsigned long long ptr;
+    long long n;
+    int dbl;
+    if (!PyArg_ParseTuple(args, "KLp", &ptr, &n, &dbl)) return NULL;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = dbl ? all_finite_f64(n, (const double *)(uintptr_t)ptr) : all_finite_f32(n, (const float *)(uintptr_t)ptr);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(ok);
+}
+
+static void run(int dbl, int64_t n, uintptr_t g, uintptr_t w, uintptr_t wb, uintptr_t ms, uintptr_t out,
+                uintptr_t buf, uintptr_t copy, const params_t *p, int step) {
+#if HAVE_AVX2_PATH
+    if (use_avx2()) {
+        if (dbl) run_f64_avx2(n, (const double *)g, (double *)w, (const double *)wb, (double *)ms, (double *)out, (double *)buf, (double *)copy, p, step);
+        else run_f32_avx2(n, (const float *)g, (float *)w, (const float *)wb, (float *)ms, (float *)out, (float *)buf, (float *)copy, p, step);
+        return;
+    }
+#endif
+    if (dbl) run_f64_base(n, (const double *)g, (double *)w, (const double *)wb, (double *)ms, (double *)out, (double *)buf, (double *)copy, p, step);
+    else run_f32_base(n, (const float *)g, (float *)w, (const float *)wb, (float *)ms, (float *)out, (float *)buf, (float *)copy, p, step);
+}
+
+/* compensate(dbl, n, g, w, wb, ms, out, variant, lambda0, ms_momentum, eps) */
+static PyObject *py_compensate(PyObject *self, PyObject *args) {
+    int dbl;
+    long long n;
+    unsigned long long g, w, wb, ms, out;
+    params_t p;
+    memset(&p, 0, sizeof p);
+    if (!PyArg_ParseTuple(args, "pLKKKKKiddd", &dbl, &n, &g, &w, &wb, &ms, &out, &p.variant, &p.lambda0,
+                          &p.ms_momentum, &p.eps))
+        return NULL;
+    if (p.variant < 0 || p.variant > 2) return PyErr_Format(PyExc_ValueError, "bad variant %d", p.variant);
+    Py_BEGIN_ALLOW_THREADS
+    run(dbl, n, g, w, wb, ms, out, 0, 0, &p, 0);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* sgd(dbl, n, g, w, wb, ms, buf, copy, variant, lambda0, ms_momentum, eps,
+       lr, momentum, dampening, weight_decay, nesterov, maximize, first_step) */
+static PyObject *py_sgd(PyObject *self, PyObject *args) {
+    int dbl;
+    long long n;
+    unsigned long long g, w, wb, ms, buf, copy;
+    params_t p;
+    memset(&p, 0, sizeof p);
+    if (!PyArg_ParseTuple(args, "pLKKKKKKiddddddd" "ppp", &dbl, &n, &g, &w, &wb, &ms, &buf, &copy, &p.variant,
+                          &p.lambda0, &p.ms_momentum, &p.eps, &p.lr, &p.momentum, &p.dampening, &p.weight_decay,
+                          &p.nesterov, &p.maximize, &p.first_step))
+        return NULL;
+    if (p.variant < 0 || p.variant > 2) return PyErr_Format(PyExc_ValueError, "bad variant %d", p.variant);
+    if (p.first_step) return PyErr_Format(PyExc_ValueError, "the first momentum step is torch.optim.SGD's");
+    int step = p.momentum == 0 ? 1 : (p.nesterov ? 3 : 2);
+    Py_BEGIN_ALLOW_THREADS
+    run(dbl, n, g, w, wb, ms, 0, buf, copy, &p, step);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_simd(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(use_avx2() ? "avx2+fma" : "baseline"); }
+
+static PyMethodDef methods[] = {
+    {"all_finite", py_all_finite, METH_VARARGS, "all_finite(ptr, n, is_double) -> bool"},
+    {"compensate", py_compensate, METH_VARARGS, "fused DC compensation into out"},
+    {"sgd", py_sgd, METH_VARARGS, "fused DC compensation + torch.optim.SGD step (+ optional copy)"},
+    {"simd", py_simd, METH_NOARGS, "which code path runs: 'avx2+fma' or 'baseline'"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Fused DC-ASGD server kernels.", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

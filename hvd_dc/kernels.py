@@ -1,0 +1,100 @@
+"""The server's fused kernels (an optional C extension) behind checked Python calls.
+
+:mod:`hvd_dc._kernels` is built at install time when a C compiler is there; without it,
+or with ``HVD_DC_KERNELS=torch``, the server uses the torch path of
+:class:`hvd_dc.dc_math.DelayCompensator` and the wrapped optimizer, which gives the same
+bits more slowly. The kernels do in one pass over a float32/float64 segment what the torch
+path does in eight to ten:
+
+* :func:`compensate`: ``out = g + lambda_t * g*g*(w - w_bak)`` (MeanSquare updated for
+  the adaptive variant), for optimizers other than SGD;
+* :func:`sgd`: that, then ``torch.optim.SGD``'s step (weight decay, momentum, dampening,
+  Nesterov, maximize) on the weights, and optionally the copy of the new weights into
+  the worker's reply area (the pull that follows a push).
+
+Every call checks dtypes, sizes and contiguity here, so the C code can trust its pointers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+try:
+    from . import _kernels as _ext
+except ImportError:  # no compiler at install time: the torch path serves
+    _ext = None
+
+__all__ = ["available", "simd", "all_finite", "compensate", "sgd", "VARIANT_CODES", "FUSED_DTYPES"]
+
+VARIANT_CODES = {"none": 0, "constant": 1, "adaptive": 2}
+FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def available() -> bool:
+    """True when the extension is built and ``HVD_DC_KERNELS`` does not ask for torch."""
+    choice = os.environ.get("HVD_DC_KERNELS", "fused")
+    if choice not in ("fused", "torch"):
+        raise ValueError(f"HVD_DC_KERNELS must be 'fused' or 'torch'; got {choice!r}")
+    return _ext is not None and choice == "fused"
+
+
+def simd() -> str:
+    """Which code path the extension runs ('avx2+fma' or 'baseline'), or 'unavailable'."""
+    return _ext.simd() if _ext is not None else "unavailable"
+
+
+def _check(*tensors: Optional[torch.Tensor], dtype: torch.dtype, n: int) -> None:
+    for t in tensors:
+        if t is None:
+            continue
+        if t.dtype != dtype or t.numel() != n or not t.is_contiguous() or t.device.type != "cpu":
+            raise ValueError(
+                f"fused kernel argument must be a contiguous CPU {dtype} tensor of {n} elements; "
+                f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+            )
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True if every element of a contiguous float32/float64 tensor is finite (one pass)."""
+    _check(t, dtype=t.dtype, n=t.numel())
+    if t.dtype not in FUSED_DTYPES:
+        raise ValueError(f"all_finite takes float32 or float64; got {t.dtype}")
+    return _ext.all_finite(t.data_ptr(), t.numel(), t.dtype == torch.float64)
+
+
+def compensate(variant: str, g, w, wb, mean_square, out, lambda0: float, momentum: float, eps: float) -> None:
+    """``out = g + lambda_t * g*g*(w - wb)``; ``mean_square`` updated (adaptive only)."""
+    n = g.numel()
+    _check(g, w, wb, out, mean_square if variant == "adaptive" else None, dtype=g.dtype, n=n)
+    _ext.compensate(
+        g.dtype == torch.float64, n, g.data_ptr(), w.data_ptr(), wb.data_ptr(), _ptr(mean_square), out.data_ptr(),
+        VARIANT_CODES[variant], float(lambda0), float(momentum), float(eps),
+    )
+
+
+def sgd(variant: str, g, w, wb, mean_square, momentum_buffer, copy, lambda0: float, ms_momentum: float, eps: float,
+        group: dict) -> None:
+    """Compensate and apply ``torch.optim.SGD``'s step for ``group`` to ``w`` in place.
+
+    ``momentum_buffer`` must exist when the group has momentum (the first step, which
+    creates it, belongs to torch.optim.SGD). ``copy``, if given, receives the new weights.
+    """
+    n = g.numel()
+    mom = float(group["momentum"])
+    _check(g, w, wb, copy, mean_square if variant == "adaptive" else None, momentum_buffer if mom else None,
+           dtype=g.dtype, n=n)
+    if mom and momentum_buffer is None:
+        raise ValueError("the fused SGD step needs the momentum buffer of an earlier step")
+    _ext.sgd(
+        g.dtype == torch.float64, n, g.data_ptr(), w.data_ptr(), wb.data_ptr(), _ptr(mean_square),
+        _ptr(momentum_buffer) if mom else 0, _ptr(copy), VARIANT_CODES[variant], float(lambda0), float(ms_momentum),
+        float(eps), float(group["lr"]), mom, float(group["dampening"]), float(group["weight_decay"]),
+        bool(group["nesterov"]), bool(group.get("maximize", False)), False,
+    )
