@@ -13,8 +13,8 @@ Two ways to run, sharing one model/data module (convergence_lib/common.py):
   honest wall-clock numbers.
 
 Protocol (same for every method): for each (task, method, M, pattern) the learning rate
-is picked from the same 3-point grid (``common.LR_GRID`` x ``base_lr``; SSGD's grid is
-centred at ``base_lr * sqrt(M)`` because it takes M times fewer, M times larger steps)
+is picked from the same grid (``TaskConfig.lr_grid`` x ``base_lr``: 4 points on digits, 3 on
+shapes; SSGD's grid is scaled by sqrt(M): it takes M times fewer, M times larger steps)
 by the final *validation* error of one tuning seed (seed 100) in the simulator; the
 chosen lr is then run with seeds 0, 1, 2, ... and the final *test* error reported. The
 mpi mode reuses the simulator's chosen lr for the same (task, method, M). lambda0 is
@@ -47,7 +47,7 @@ TUNE_SEED = 100
 #: the default experiment: (mode, task) -> worker counts (M = 1 sequential SGD is always added)
 DEFAULT_PLAN = {
     ("sim", "digits"): [4, 8, 16, 32],
-    ("sim", "shapes"): [4, 16],
+    ("sim", "shapes"): [8],
     ("mpi", "digits"): [4],
 }
 #: extra simulator runs with a random worker order (task -> worker counts)
@@ -168,8 +168,7 @@ def main(argv=None) -> int:
             print(f"  {key}: " + ", ".join(f"{g[0]:g}->{g[1]:.1f}%" for g in grid) + f"  chosen {best[0]:g}", flush=True)
     else:
         for (t, meth, m, pat) in configs:
-            grid = common.lr_grid(t, meth, m)
-            chosen[(t, meth, m, pat)] = grid[len(grid) // 2]
+            chosen[(t, meth, m, pat)] = common.centre_lr(t, meth, m)
 
     # 2. evaluation runs
     runs = []
@@ -195,7 +194,7 @@ def main(argv=None) -> int:
             continue
         keys = [(task, "sgd", 1)] + [(task, meth, m) for m in ms for meth in ("ssgd", "asgd", "dc-c", "dc-a")]
         for key in [k for k in keys if k[1] in mpi_methods]:
-            lr = chosen.get(key + ("round_robin",)) or common.lr_grid(*key)[1]
+            lr = chosen.get(key + ("round_robin",)) or common.centre_lr(*key)
             for s in mpi_seeds:
                 t0 = time.time()
                 res = run_mpi(key[0], key[1], key[2], s, lr, epochs_of(task))
@@ -210,7 +209,7 @@ def main(argv=None) -> int:
         "command": "python benchmarks/convergence.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)),
         "quick": args.quick, "seeds": seeds, "tune_seed": TUNE_SEED if tune else None, "tuning": tuning,
         "plan": {f"{k[0]}:{k[1]}": v for k, v in plan.items()}, "random_plan": random_plan,
-        "epochs": {t: epochs_of(t) for t in tasks}, "lr_grid": list(common.LR_GRID),
+        "epochs": {t: epochs_of(t) for t in tasks}, "lr_grid": {t: list(common.TASKS[t].lr_grid) for t in tasks},
         "tasks": {t: vars(common.TASKS[t]) for t in tasks}, "dc_lambda": common.DC_LAMBDA,
         "dc_momentum": common.DC_MOMENTUM, "elapsed_seconds": time.time() - start,
     }

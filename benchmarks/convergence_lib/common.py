@@ -41,22 +41,29 @@ class TaskConfig:
     name: str
     epochs: int
     batch: int  # per worker
-    base_lr: float  # centre of the learning-rate grid
+    base_lr: float  # reference point of the learning-rate grid
     quick_epochs: int
+    lr_grid: Tuple[float, ...]  # multipliers of base_lr tried for every (method, M)
 
 
 TASKS: Dict[str, TaskConfig] = {
-    "digits": TaskConfig("digits", epochs=16, batch=16, base_lr=0.1, quick_epochs=4),
-    "shapes": TaskConfig("shapes", epochs=16, batch=32, base_lr=0.2, quick_epochs=2),
+    "digits": TaskConfig("digits", epochs=16, batch=16, base_lr=0.1, quick_epochs=4, lr_grid=(0.25, 0.5, 1.0, 2.0)),
+    "shapes": TaskConfig("shapes", epochs=16, batch=32, base_lr=0.1, quick_epochs=2, lr_grid=(0.5, 1.0, 2.0)),
 }
-
-#: multipliers of base_lr tried for every (method, M); SSGD's grid is also scaled by sqrt(M)
-LR_GRID = (0.5, 1.0, 2.0)
 
 
 def lr_grid(task: str, method: str, m: int) -> List[float]:
-    base = TASKS[task].base_lr * (math.sqrt(m) if method == "ssgd" else 1.0)
-    return [round(base * k, 6) for k in LR_GRID]
+    """The learning rates tried for (task, method, M): the same number for every method.
+    SSGD's grid is scaled by sqrt(M): it takes M times fewer steps on M-times larger batches."""
+    cfg = TASKS[task]
+    base = cfg.base_lr * (math.sqrt(m) if method == "ssgd" else 1.0)
+    return [round(base * k, 6) for k in cfg.lr_grid]
+
+
+def centre_lr(task: str, method: str, m: int) -> float:
+    """The grid point equal to base_lr (x sqrt(M) for SSGD): used when tuning is skipped."""
+    cfg = TASKS[task]
+    return lr_grid(task, method, m)[list(cfg.lr_grid).index(1.0)]
 
 
 def lr_at(lr: float, epoch: int, epochs: int) -> float:

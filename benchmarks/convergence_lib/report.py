@@ -152,7 +152,32 @@ def write_all(out_dir: str, runs: List[Dict], meta: Dict) -> Dict:
     with open(os.path.join(out_dir, "convergence.md"), "w") as f:
         f.write(markdown(rows, meta) + "\n")
     figs = plots(runs, out_dir)
+    if any(r["task"] == "shapes" for r in runs):
+        shapes_preview(os.path.join(out_dir, "shapes_preview.png"))
+        figs.append("shapes_preview.png")
     doc = {"meta": meta, "paper_table1": PAPER, "summary": rows, "figures": figs, "runs": runs}
     with open(os.path.join(out_dir, "convergence.json"), "w") as f:
         json.dump(doc, f, indent=1)
     return doc
+
+
+def shapes_preview(path: str, per_class: int = 4) -> None:
+    """A grid of Shapes-10 training images, ``per_class`` per class (one column per class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = common.load_task("shapes")[:2]
+    fig, axes = plt.subplots(per_class, 10, figsize=(10 * 0.7, per_class * 0.7))
+    for k in range(10):
+        idx = (y == k).nonzero().flatten()[:per_class]
+        for row, i in enumerate(idx):
+            img = x[i].permute(1, 2, 0).numpy()
+            img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+            axes[row][k].imshow(img, interpolation="nearest")
+            axes[row][k].axis("off")
+        axes[0][k].set_title(str(k), fontsize=7)
+    fig.tight_layout(pad=0.1)
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
