@@ -1,0 +1,146 @@
+"""Deterministic delay simulator: M workers in one process, the server's own code.
+
+The server side is a real :class:`hvd_dc.server_state.ServerState`, the object the
+parameter server's loop drives (DC math from :mod:`hvd_dc.dc_math` plus the user's
+optimizer on the master weights). Each simulated worker ``m`` owns the weights it last
+pulled, which *are* the server's backup ``w_bak(m)`` (the state's backup buffer, copied
+at pull time exactly as the server does). One push:
+
+1. pick the worker ``m`` (round robin ``0, 1, ..., M-1, 0, ...``: staleness ``M-1`` in
+   steady state, or uniformly at random: ``pattern="random"``);
+2. load ``w_bak(m)`` into the model and compute the gradient of the next minibatch on it;
+3. ``ServerState.apply_push(m, g, hyper)`` (Algorithm 2: ``g + lambda g*g*(w - w_bak(m))``,
+   then the optimizer step) and ``ServerState.pull(m)`` (``w_bak(m) <- w``), as a real
+   worker's ``step()`` does.
+
+Sequential SGD is the same loop with ``M = 1`` (staleness 0, plain SGD). SSGD is exact
+synchronous data parallelism: M minibatch gradients on the *same* weights, averaged,
+one optimizer step (the same ServerState with ``dc_variant="none"``, one worker).
+
+Minibatches come from one shuffled stream per epoch (the t-th push of an epoch takes the
+t-th minibatch, whichever worker pushes), so an epoch is one pass over the data for
+every method. Everything is seeded: a run is a pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from hvd_dc.dc_math import validate_dc_options
+from hvd_dc.layout import FlatLayout, ModelSpec, ParamInfo, dtype_name, read_hyperparameters, scalar_hyperparameters
+from hvd_dc.server_state import ServerState
+
+from . import common
+
+
+def make_server_state(optimizer: torch.optim.Optimizer, num_workers: int, variant: str, dc_lambda: float,
+                      dc_momentum: float = common.DC_MOMENTUM) -> ServerState:
+    """A ServerState built as the server builds it from a worker's registration
+    (same ModelSpec fields as ``DistributedDCOptimizer``), initial weights = the
+    optimizer's parameters."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    spec = ModelSpec(
+        params=[ParamInfo(f"p{i}", tuple(p.shape), dtype_name(p.dtype), gi)
+                for gi, g in enumerate(optimizer.param_groups) for i, p in enumerate(g["params"])],
+        optimizer_class=(type(optimizer).__module__, type(optimizer).__qualname__),
+        defaults=dict(optimizer.defaults),
+        groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        hyper_slots=scalar_hyperparameters(optimizer.param_groups),
+        dc_variant=variant,
+        dc_lambda=validate_dc_options(variant, dc_lambda, dc_momentum, 1e-7, "per_worker"),
+        dc_momentum=dc_momentum,
+        dc_eps=1e-7,
+        dc_mean_square="per_worker",
+        compression="none",
+        num_workers=num_workers,
+    )
+    layout = FlatLayout(spec.params)
+    initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
+    for view, p in zip(layout.param_views(initial), params):
+        view.copy_(p.detach())
+    backups = [torch.zeros(layout.nbytes, dtype=torch.uint8) for _ in range(num_workers)]
+    return ServerState(spec, initial, backups)
+
+
+def simulate(task: str, method: str, m: int, seed: int, lr: float, epochs: int, pattern: str = "round_robin",
+             split: str = "test") -> Dict:
+    """Train one run; return per-epoch curves and the server's staleness summary.
+
+    ``split``: the held-out set evaluated after every epoch ("val" while tuning, "test").
+    """
+    torch.set_num_threads(1)
+    cfg = common.TASKS[task]
+    x_tr, y_tr, x_va, y_va, x_te, y_te = common.load_task(task)
+    x_ev, y_ev = (x_va, y_va) if split == "val" else (x_te, y_te)
+    model = common.make_model(task, seed)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr)  # the paper's numbers are without momentum
+    if method == "ssgd":
+        workers, variant = 1, "none"
+    elif method == "sgd":
+        workers, variant = 1, "none"
+    else:
+        workers, variant = m, common.VARIANT[method]
+    state = make_server_state(opt, workers, variant, common.DC_LAMBDA[variant])
+    layout = state.layout
+    server_params = layout.param_views(state.weights)
+    wire = torch.zeros(layout.wire_nbytes, dtype=torch.uint8)
+    wire_segments = layout.segment_views(wire, wire=True)
+    wire_params = layout.param_views(wire)  # no compression: wire layout == layout
+    backup_params = [layout.param_views(b) for b in state.backups]
+    hyper = [0.0] * len(state.spec.hyper_slots)
+    rng = random.Random(seed)
+
+    def grad_at(weights: List[torch.Tensor], idx: torch.Tensor) -> float:
+        with torch.no_grad():
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        for p in params:
+            p.grad = None
+        loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+        loss.backward()
+        return float(loss.detach())
+
+    curve = {"epoch": [], "err": [], "loss": [], "train_loss": [], "seconds": []}
+    start = time.perf_counter()
+    n = len(x_tr)
+    for epoch in range(epochs):
+        opt.param_groups[0]["lr"] = common.lr_at(lr, epoch, epochs)
+        read_hyperparameters(opt.param_groups, state.spec.hyper_slots, hyper)
+        batches = common.batch_order(n, cfg.batch, seed, epoch)
+        total, count = 0.0, 0
+        if method == "ssgd":
+            for i in range(0, len(batches) - m + 1, m):
+                for wp in wire_params:
+                    wp.zero_()
+                for idx in batches[i : i + m]:
+                    total += grad_at(server_params, idx)
+                    count += 1
+                    for wp, p in zip(wire_params, params):
+                        wp.add_(p.grad, alpha=1.0 / m)
+                state.apply_push(0, wire_segments, hyper)
+                state.pull(0)  # every worker receives the new weights (staleness 0)
+        else:
+            for t, idx in enumerate(batches):
+                w = t % workers if pattern == "round_robin" else rng.randrange(workers)
+                total += grad_at(backup_params[w], idx)
+                count += 1
+                for wp, p in zip(wire_params, params):
+                    wp.copy_(p.grad)
+                state.apply_push(w, wire_segments, hyper)
+                state.pull(w)
+        with torch.no_grad():
+            for p, w in zip(params, server_params):
+                p.copy_(w)
+        err, loss = common.evaluate(model, x_ev, y_ev)
+        curve["epoch"].append(epoch + 1)
+        curve["err"].append(err)
+        curve["loss"].append(loss)
+        curve["train_loss"].append(total / max(count, 1))
+        curve["seconds"].append(time.perf_counter() - start)
+    return {"curve": curve, "server": state.summary()}

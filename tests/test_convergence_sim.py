@@ -1,0 +1,33 @@
+"""The delay simulator of benchmarks/convergence.py replays the staleness it claims to,
+is deterministic, and with one worker is plain sequential SGD."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.convergence_lib import simulate  # noqa: E402
+
+
+@pytest.mark.parametrize("m", [4, 16])
+def test_round_robin_staleness_is_m_minus_1(m):
+    res = simulate.simulate("digits", "dc-a", m, seed=0, lr=0.05, epochs=1)
+    s = res["server"]
+    assert s["staleness_max"] == m - 1
+    n = s["updates"]
+    # the first round has staleness 0..m-1, every later push exactly m-1
+    expected = ((n - m) * (m - 1) + m * (m - 1) / 2) / n
+    assert s["staleness_mean"] == pytest.approx(expected)
+
+
+def test_simulator_is_deterministic_and_one_worker_asgd_is_sgd():
+    a = simulate.simulate("digits", "asgd", 3, seed=1, lr=0.05, epochs=1, pattern="random")
+    b = simulate.simulate("digits", "asgd", 3, seed=1, lr=0.05, epochs=1, pattern="random")
+    assert a["curve"]["err"] == b["curve"]["err"] and a["curve"]["loss"] == b["curve"]["loss"]
+    sgd = simulate.simulate("digits", "sgd", 1, seed=2, lr=0.05, epochs=1)
+    one = simulate.simulate("digits", "dc-a", 1, seed=2, lr=0.05, epochs=1)
+    # one worker: its backup is always the current weights, so the DC term is exactly 0
+    assert one["server"]["staleness_max"] == 0
+    assert sgd["curve"]["loss"] == one["curve"]["loss"]
