@@ -118,6 +118,12 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
     start_timeout = _env_seconds("HVD_DC_START_TIMEOUT", 600.0) if start_timeout is None else float(start_timeout)
     if timeout <= 0 or start_timeout <= 0:
         raise ValueError("hvd_dc.init(): timeouts must be > 0 seconds")
+    if MPI.COMM_WORLD.Get_size() == 1:  # launched N tasks but MPI sees 1? (srun without PMIx)
+        from .launch import check_world_size
+
+        problem = check_world_size(1)
+        if problem:
+            raise RuntimeError(f"hvd_dc.init(): {problem}")
     _ctx = Context(comm.Dup(), timeout, start_timeout)
     if _ctx.role == "server":
         from .server import serve

@@ -24,6 +24,7 @@ from mpi4py import MPI
 
 from .collectives import wait_request
 from .layout import ModelSpec
+from .metrics import ServerMetrics, StalenessTracker
 from .protocol import (
     KIND_PULL,
     KIND_PUSH,
@@ -61,6 +62,7 @@ class ServedModel:
         self.windows = windows
         self.state = state
         self.handled = np.zeros(state.num_workers, dtype=np.int64)
+        self.tracker = StalenessTracker(state.num_workers)  # per-worker staleness (hvd_dc.metrics)
         self._start = 0
 
     def poll(self) -> int:
@@ -101,6 +103,8 @@ class ServedModel:
                         m + FIRST_WORKER_RANK,
                         int(self.state.rejected[m]),
                     )
+            else:
+                self.tracker.add(m, staleness)
         elif kind != KIND_PULL:
             raise ProtocolError(f"model {self.index}: worker {m} sent unknown request kind {kind}")
         self.state.pull(m)  # writes w_bak(m) into m's reply area: the weights m receives
@@ -172,6 +176,7 @@ def serve(ctx: Context) -> int:
     backoff = Backoff()
     started = time.monotonic()
     n_workers = ctx.num_workers
+    metrics = ServerMetrics()  # periodic log line, JSONL, TensorBoard (hvd_dc.metrics)
     while len(byes) < n_workers:
         answered = 0
         for model in models:
@@ -197,6 +202,7 @@ def serve(ctx: Context) -> int:
                 failures.append(msg[1])
             else:
                 raise ProtocolError(f"unknown control message {msg[0]!r} from world rank {src}")
+        metrics.tick(models)
         if answered:
             backoff.reset()
         else:
@@ -215,6 +221,7 @@ def serve(ctx: Context) -> int:
             s["staleness_max"],
             s["finite"],
         )
+    metrics.finish(models)
     for model in models:
         model.close()  # collective with the workers' shutdown, in registration order
     return 1 if failures else 0

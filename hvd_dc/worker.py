@@ -18,6 +18,7 @@ call instead of dropping the gradients.
 from __future__ import annotations
 
 import contextlib
+import time
 import logging
 import operator
 import types
@@ -31,6 +32,7 @@ from mpi4py import MPI
 from .collectives import recv_with_timeout, wait_request
 from .compression import Compression, compression_name
 from .dc_math import validate_dc_options
+from .metrics import worker_stats_extra
 from .layout import (
     FlatLayout,
     ModelSpec,
@@ -249,6 +251,8 @@ class DCWorker:
         self.server_updates = 0
         self.staleness_sum = 0
         self.staleness_max = 0
+        self.staleness_hist: Dict[int, int] = {}  # this worker's staleness, as the server measured it
+        self._started = time.monotonic()
         self._closed = False
         self._install()
 
@@ -406,7 +410,8 @@ class DCWorker:
         self._backward_passes = 0
 
     def stats(self) -> Dict[str, Any]:
-        """Counters of this worker and the server's total at the last reply."""
+        """Counters of this worker and the server's total at the last reply, with this
+        worker's staleness p50/p99 and the server's updates/s (see :mod:`hvd_dc.metrics`)."""
         return {
             "worker": self.ctx.workers.Get_rank(),
             "pushes": self.pushes,
@@ -415,6 +420,7 @@ class DCWorker:
             "server_updates": self.server_updates,
             "staleness_mean": self.staleness_sum / max(self.pushes - self.rejected, 1),
             "staleness_max": self.staleness_max,
+            **worker_stats_extra(self.staleness_hist, self.server_updates, time.monotonic() - self._started),
         }
 
     # -- internals ------------------------------------------------------------------------
@@ -464,6 +470,7 @@ class DCWorker:
         staleness = int(meta[RM_STALENESS])
         self.staleness_sum += staleness
         self.staleness_max = max(self.staleness_max, staleness)
+        self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + 1
 
     def _close(self) -> None:
         """Release the windows (collective with the server, in registration order)."""
