@@ -268,11 +268,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--metrics-file", help="sets HVD_DC_METRICS_FILE (server writes JSONL metrics there)")
     p.add_argument("--log-level", help="sets HVD_DC_LOG_LEVEL (INFO shows the server's periodic statistics)")
     p.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
+    p.add_argument("--check-only", action="store_true",
+                   help="only run the checks (/dev/shm with --model-params) on this node and exit 0 or 3")
     p.add_argument("program", nargs=argparse.REMAINDER, help="the program to run on every rank")
     args = p.parse_args(argv)
     program = list(args.program)
     if program and program[0] == "--":
         program = program[1:]
+    if args.check_only:
+        if not args.model_params:
+            p.error("--check-only needs --model-params")
+        needed = window_bytes(int(args.model_params), args.np - 1, args.bytes_per_param, args.fp16)
+        problem = check_shm(needed)
+        print(f"hvd-dc-run: {problem}" if problem else f"hvd-dc-run: /dev/shm ok for {needed / 2**20:.0f} MiB of windows",
+              file=sys.stderr if problem else sys.stdout)
+        return 3 if problem else 0
     if not program:
         p.error("no program given: hvd-dc-run -np N python train.py ...")
 
