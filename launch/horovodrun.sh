@@ -11,4 +11,6 @@ NP=${NP:-3}
 args=(-np "$NP")
 if [ -n "${HOSTS:-}" ]; then args+=(-H "$HOSTS"); else args+=(-H "localhost:$NP"); fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec horovodrun "${args[@]}" "$@"
+# Open MPI 5 misreads horovodrun 0.28.1's default "-bind-to none" (single dash: "none" is taken
+# for the program); pass the binding in its double-dash form.
+exec horovodrun "${args[@]}" --binding-args="--bind-to none --map-by slot" "$@"
