@@ -20,5 +20,5 @@ if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_RO
 if ! python -c "import horovod.torch" 2>/dev/null; then
     hvd-dc-install-horovod
 fi
-python -c "import horovod, torch; from mpi4py import MPI; print('horovod', horovod.__version__, 'torch', torch.__version__, '|', MPI.Get_library_version().splitlines()[0])"
+python -c "import horovod, torch; from mpi4py import MPI; print('horovod', horovod.__version__, 'torch', torch.__version__, '|', MPI.Get_library_version().replace(chr(0), '').splitlines()[0])"
 python -m pytest -v -rs tests/test_horovod_interop.py "$@"

