@@ -23,6 +23,7 @@ import torch
 from mpi4py import MPI
 
 from .collectives import wait_request
+from .launch import check_shm
 from .layout import ModelSpec
 from .metrics import ServerMetrics, StalenessTracker
 from .protocol import (
@@ -129,6 +130,9 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
     world = ctx.world
     layout = build_layout(spec)
     wl = WindowLayout(layout, len(spec.hyper_slots), ctx.num_workers)
+    shm_problem = check_shm(wl.data_nbytes + wl.ctrl_nbytes)  # too small a /dev/shm: SIGBUS or a hang next
+    if shm_problem:
+        log.warning("model %d: %s", index, shm_problem)
     windows = ServerWindows(world, wl)  # collective with every worker
     initial = torch.empty(layout.nbytes, dtype=torch.uint8)
     req = world.Irecv([initial.numpy(), MPI.BYTE], source=FIRST_WORKER_RANK, tag=TAG_WEIGHTS)
