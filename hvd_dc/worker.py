@@ -32,7 +32,6 @@ from mpi4py import MPI
 from .collectives import recv_with_timeout, wait_request
 from .compression import Compression, compression_name
 from .dc_math import validate_dc_options
-from .metrics import worker_stats_extra
 from .layout import (
     FlatLayout,
     ModelSpec,
@@ -42,6 +41,7 @@ from .layout import (
     read_hyperparameters,
     scalar_hyperparameters,
 )
+from .metrics import worker_stats_extra
 from .protocol import KIND_PULL, KIND_PUSH, RM_REJECTED, RM_STALENESS, RM_STATUS, RM_UPDATES, STATUS_OK, WindowLayout, WorkerChannel
 from .runtime import SERVER_RANK, TAG_CONTROL, TAG_REGISTERED, TAG_WEIGHTS, context
 from .waiting import Backoff, Deadline, HvdDcTimeout
