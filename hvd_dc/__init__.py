@@ -16,6 +16,11 @@ Module map (each module's docstring says what it owns):
 * :mod:`hvd_dc.worker`       the worker's optimizer
 * :mod:`hvd_dc.runtime`      init/shutdown, roles, ranks
 * :mod:`hvd_dc.collectives`  worker collectives (metrics, broadcasts) with timeouts
+* :mod:`hvd_dc.interop`      the workers' communicator for Horovod; :mod:`hvd_dc.horovod` ports a Horovod script
+* :mod:`hvd_dc.metrics`      server/worker staleness statistics, JSONL and TensorBoard output
+* :mod:`hvd_dc.report`       ``python -m hvd_dc.report METRICS.jsonl``: PNG plots
+* :mod:`hvd_dc.launch`       ``hvd-dc-run``: launcher flags, environment, /dev/shm check
+* :mod:`hvd_dc.install_horovod` ``hvd-dc-install-horovod``: Horovod 0.28.1 built with C++17
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .collectives import (
     broadcast_parameters,
 )
 from .compression import Compression
+from .interop import worker_comm
 from .runtime import init, is_initialized, local_rank, local_size, rank, shutdown, size
 from .waiting import HvdDcTimeout
 from .worker import DistributedDCOptimizer
@@ -57,6 +63,7 @@ __all__ = [
     "rank",
     "local_rank",
     "local_size",
+    "worker_comm",
     "barrier",
     "allreduce",
     "allreduce_",

@@ -46,6 +46,8 @@ __all__ = [
 
 
 class ReduceOp(enum.Enum):
+    """Reduction of :func:`allreduce` (Horovod's ``hvd.Average``, ``hvd.Sum``, ...)."""
+
     AVERAGE = "average"
     SUM = "sum"
     MIN = "min"

