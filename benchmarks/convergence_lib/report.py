@@ -53,7 +53,7 @@ def _fmt(ms: Dict[str, float], digits: int = 2) -> str:
 
 
 def markdown(rows: List[Dict], meta: Dict) -> str:
-    out = [f"# DC-ASGD convergence benchmark ({'quick' if meta['quick'] else 'default'} run)", ""]
+    out = [f"# DC-ASGD convergence benchmark ({'quick' if meta['quick'] else 'full'} run)", ""]
     out.append(f"Command: `{meta['command']}`  ")
     out.append(f"Seeds: {meta['seeds']}; total wall-clock: {meta['elapsed_seconds']:.0f} s. "
                "Cells: final test error % (mean ± std over seeds).")
