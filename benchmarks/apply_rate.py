@@ -134,14 +134,14 @@ IMPLS = {"hvd_dc": ServerApply, "naive_loop": NaiveLoop, "foreach": Foreach}
 
 
 def cross_check(n: int = 20_000) -> float:
-    """Two apply/pull rounds of each implementation from the same start; max |difference|."""
+    """The same sequence of applies and pulls on each implementation from the same start;
+    max |difference| of the weights. Two applies between pulls make w != w_bak, so the
+    compensation term is exercised (right after a pull it is zero with one worker)."""
     outs = {}
     for name, cls in IMPLS.items():
         impl = cls(n)
-        for _ in range(2):
-            impl.apply()
-            impl.pull()
-        impl.apply()  # w != w_bak is exercised only from the 2nd round on with one worker; fine
+        for op in ("apply", "apply", "pull", "apply", "apply", "apply"):
+            getattr(impl, op)()
         outs[name] = impl.weights().double()
     ref = outs["hvd_dc"]
     scale = float(ref.abs().max())
