@@ -24,7 +24,9 @@ Run: ``python benchmarks/apply_rate.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,37 +153,51 @@ def cross_check(n: int = 20_000) -> float:
     return diff
 
 
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def measure(n: int, repeats: int) -> dict:
-    nbytes = 4 * n
-    row = {"n": n, "repeats": repeats}
-    bw = common.memcpy_bandwidth(nbytes, repeats)
-    row["memcpy_GBps"] = bw / 1e9
-    for name, cls in IMPLS.items():
-        impl = cls(n)
-        t_apply = common.median_time(impl.apply, repeats, warmup=1)
+    """Round-robin over memcpy and the implementations, ``repeats`` rounds; medians.
 
-        def both() -> None:
-            impl.apply()
-            impl.pull()
+    Interleaving makes a noisy neighbour hit every implementation and the memcpy baseline
+    alike, instead of whichever happened to run while it was busy.
+    """
+    src = torch.from_numpy(np.random.default_rng(0).random(n, dtype=np.float32)).numpy()
+    dst = np.empty_like(src)
+    impls = {name: cls(n) for name, cls in IMPLS.items()}
 
-        t_both = common.median_time(both, repeats, warmup=1)
-        # memcpy again after each implementation: the ratio uses the median of all memcpy samples
+    def apply_pull(impl):
+        impl.apply()
+        impl.pull()
+
+    for impl in impls.values():  # warm-up: first touches of scratch and buffers
+        impl.apply()
+        impl.pull()
+    np.copyto(dst, src)
+    mem = []
+    t_apply = {name: [] for name in impls}
+    t_both = {name: [] for name in impls}
+    for _ in range(repeats):
+        mem.append(_timed(lambda: np.copyto(dst, src)))
+        for name, impl in impls.items():
+            t_apply[name].append(_timed(impl.apply))
+            t_both[name].append(_timed(lambda: apply_pull(impl)))
+    row = {"n": n, "repeats": repeats, "memcpy_GBps": 2 * 4 * n / statistics.median(mem) / 1e9,
+           "hvd_dc_implementation": impls["hvd_dc"].describe()}
+    for name in impls:
+        ta, tb = statistics.median(t_apply[name]), statistics.median(t_both[name])
         row[name] = {
-            "apply_s": t_apply,
-            "apply_pull_s": t_both,
-            "updates_per_s": 1.0 / t_both,
-            "apply_GBps": 24 * n / t_apply / 1e9,
-            "apply_pull_GBps": 32 * n / t_both / 1e9,
+            "apply_s": ta,
+            "apply_pull_s": tb,
+            "updates_per_s": 1.0 / tb,
+            "apply_GBps": 24 * n / ta / 1e9,
+            "apply_pull_GBps": 32 * n / tb / 1e9,
         }
-        if name == "hvd_dc":
-            row["hvd_dc_implementation"] = impl.describe()
-        del impl
-    bw2 = common.memcpy_bandwidth(nbytes, repeats)
-    row["memcpy_GBps"] = float(np.median([bw, bw2])) / 1e9
-    for name in IMPLS:
-        r = row[name]
-        r["apply_vs_memcpy"] = r["apply_GBps"] / row["memcpy_GBps"]
-        r["apply_pull_vs_memcpy"] = r["apply_pull_GBps"] / row["memcpy_GBps"]
+        row[name]["apply_vs_memcpy"] = row[name]["apply_GBps"] / row["memcpy_GBps"]
+        row[name]["apply_pull_vs_memcpy"] = row[name]["apply_pull_GBps"] / row["memcpy_GBps"]
     return row
 
 
