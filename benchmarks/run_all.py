@@ -1,0 +1,86 @@
+"""Run every benchmark, write benchmarks/results/*.json and regenerate the results section
+of benchmarks/README.md (between the RESULTS markers).
+
+    python benchmarks/run_all.py            # full run (the numbers in README.md)
+    python benchmarks/run_all.py --quick    # smoke test: small sizes, short windows
+
+``--quick`` writes to benchmarks/results/quick/ and never touches README.md unless
+``--readme`` is given; ``--no-readme`` prints the section instead of writing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ORDER = ["apply_rate", "transport", "scaling", "stragglers", "synthetic"]
+TITLES = {
+    "apply_rate": "1. Server apply rate (DC-ASGD-a + SGD, one core) vs numpy memcpy",
+    "transport": "2. Worker push+pull through the window protocol vs memcpy of the same bytes",
+    "scaling": "3. Scaling with non-CPU compute (sleep T per step) vs ideal N/T",
+    "stragglers": "4. Stragglers: 4 workers, one 4x slower, vs synchronous data parallelism",
+    "synthetic": "5. Synthetic CNN images/s (pytorch_synthetic_benchmark style)",
+}
+BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+
+
+def section(out: Path) -> str:
+    parts = []
+    machine = None
+    for name in ORDER:
+        f = out / f"{name}.json"
+        if not f.exists():
+            continue
+        d = json.loads(f.read_text())
+        machine = machine or d["machine"]
+        m = d["machine"]
+        parts.append(f"### {TITLES[name]}\n\n{d['table']}\n\n(`{name}.json`, {m['time']}, load average "
+                     f"{m['loadavg'][0]:.1f})\n")
+    head = ""
+    if machine:
+        head = (f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['mem_gib']} GiB, torch "
+                f"{machine['torch']}, Python {machine['python']}; **shared with other jobs while it ran, so "
+                "timings are noisy** (every ratio is against a baseline measured in the same run).\n\n")
+    return head + "\n".join(parts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    p.add_argument("--only", nargs="*", choices=ORDER, default=ORDER)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--readme", action="store_true", help="write README.md even in quick mode")
+    g.add_argument("--no-readme", action="store_true", help="print the results section instead")
+    args = p.parse_args()
+    out = Path(args.out) if args.out else BENCH / "results" / ("quick" if args.quick else "")
+    failed = []
+    for name in args.only:
+        cmd = [sys.executable, str(BENCH / f"{name}.py"), "--out", str(out)] + (["--quick"] if args.quick else [])
+        print(f"== {' '.join(cmd)}", flush=True)
+        t0 = time.monotonic()
+        r = subprocess.run(cmd)
+        print(f"== {name}: exit {r.returncode} in {time.monotonic() - t0:.0f} s", flush=True)
+        if r.returncode != 0:
+            failed.append(name)
+    text = section(out)
+    readme = BENCH / "README.md"
+    if args.no_readme or (args.quick and not args.readme) or not readme.exists():
+        print(text)
+    else:
+        doc = readme.read_text()
+        if BEGIN in doc and END in doc:
+            doc = doc[: doc.index(BEGIN) + len(BEGIN)] + "\n" + text + "\n" + doc[doc.index(END):]
+            readme.write_text(doc)
+            print(f"updated {readme}")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

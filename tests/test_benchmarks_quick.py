@@ -1,0 +1,80 @@
+"""Smoke test of the benchmark suite: every benchmark's --quick mode runs and writes
+well-formed JSON. Asserts no timing threshold (the machine may be busy)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def run(name, tmp_path, timeout=400):
+    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "|---|" in r.stdout  # printed a table
+    d = json.loads((tmp_path / f"{name}.json").read_text())
+    assert d["benchmark"] == name and d["quick"] is True
+    assert d["machine"]["cores"] >= 1 and d["table"]
+    return d, r.stdout
+
+
+def test_apply_rate(tmp_path):
+    d, _ = run("apply_rate", tmp_path)
+    assert d["rows"]
+    for row in d["rows"]:
+        assert positive(row["memcpy_GBps"])
+        for impl in ("hvd_dc", "naive_loop", "foreach"):
+            for k in ("apply_s", "apply_pull_s", "updates_per_s", "apply_vs_memcpy", "apply_pull_vs_memcpy"):
+                assert positive(row[impl][k]), (impl, k)
+    assert d["cross_check_max_abs_diff"] >= 0
+
+
+def test_transport(tmp_path):
+    d, _ = run("transport", tmp_path)
+    for row in d["rows"]:
+        for k in ("push_bytes", "pull_bytes", "exchange_s", "memcpy_s", "exchange_vs_memcpy"):
+            assert positive(row[k]), k
+
+
+def test_scaling(tmp_path):
+    d, _ = run("scaling", tmp_path)
+    assert [r["workers"] for r in d["rows"]] == [1, 2]
+    for row in d["rows"]:
+        assert positive(row["updates_per_s"]) and positive(row["vs_ideal"])
+
+
+def _check_peers(rows, out, key):
+    systems = {r["system"]: r for r in rows}
+    assert {"hvd_dc", "ddp", "horovod"} <= set(systems)
+    if "skipped" in systems["horovod"]:
+        assert "horovod not installed: column skipped" in out
+    for r in rows:
+        if "skipped" not in r:
+            assert positive(r[key])
+    return systems
+
+
+@pytest.mark.timeout(900)
+def test_stragglers(tmp_path):
+    d, out = run("stragglers", tmp_path, timeout=850)
+    systems = _check_peers(d["rows"], out, "grads_per_s")
+    assert d["ideal_ratio"] == 3.25
+    for r in systems.values():
+        if "skipped" not in r:
+            assert positive(r["hvd_dc_speedup"])
+            assert len(r["tta_s"]) == d["repeats"]
+
+
+@pytest.mark.timeout(600)
+def test_synthetic(tmp_path):
+    d, out = run("synthetic", tmp_path)
+    _check_peers(d["rows"], out, "images_per_s")
