@@ -24,6 +24,7 @@ Run: ``python benchmarks/apply_rate.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import common  # noqa: E402
 from server_fixtures import make_state  # noqa: E402  (tests/server_fixtures.py)
 
+from hvd_dc import kernels  # noqa: E402
 from hvd_dc.layout import read_hyperparameters  # noqa: E402
 
 LR = 0.01
@@ -54,12 +56,23 @@ def _grad(n: int, seed: int) -> torch.Tensor:
 
 
 class ServerApply:
-    """hvd_dc's server: ServerState.apply_push / pull on one flat SGD parameter."""
+    """hvd_dc's server: ServerState.apply_push / pull on one flat SGD parameter, with the
+    kernels it would choose (the fused C kernels when they are built)."""
+
+    KERNELS = "fused"
 
     def __init__(self, n: int) -> None:
         p = torch.nn.Parameter(torch.zeros(n))
         opt = torch.optim.SGD([p], lr=LR)
-        self.state = make_state(opt, 1, variant="adaptive", dc_lambda=LAMBDA0, dc_momentum=MOMENTUM, dc_eps=EPS)
+        saved = os.environ.get("HVD_DC_KERNELS")
+        os.environ["HVD_DC_KERNELS"] = self.KERNELS  # read once, when the state is built
+        try:
+            self.state = make_state(opt, 1, variant="adaptive", dc_lambda=LAMBDA0, dc_momentum=MOMENTUM, dc_eps=EPS)
+        finally:
+            if saved is None:
+                del os.environ["HVD_DC_KERNELS"]
+            else:
+                os.environ["HVD_DC_KERNELS"] = saved
         layout = self.state.layout
         self.wire = torch.zeros(layout.wire_nbytes, dtype=torch.uint8)
         self.segs = layout.segment_views(self.wire, wire=True)  # built once, reused
@@ -74,15 +87,29 @@ class ServerApply:
     def pull(self) -> None:
         self.state.pull(0)
 
+    def apply_and_pull(self) -> None:
+        """What the server loop calls for a push: the push and the pull that follows."""
+        ok, _ = self.state.apply_push(0, self.segs, self.hyper, pull=True)
+        assert ok
+
     def weights(self) -> torch.Tensor:
         return self.state.weight_segments[0].view(torch.float32)[: self.segs[0].numel()]
 
     def describe(self) -> str:
-        comp = self.state.compensator
-        return (f"ServerState.apply_push -> {type(comp).__module__}.{type(comp).__qualname__}.compensate "
-                f"per flat segment ({len(self.segs)} segment), then {type(self.state.optimizer).__name__}.step on "
-                f"{'flat segments' if self.state.flat_optimizer else 'per-parameter views'}; "
-                "ServerState.pull = one copy of the flat model")
+        state = self.state
+        if state.fused_sgd:
+            return (f"fused C kernel (hvd_dc._kernels, {kernels.simd()}): per flat segment one read pass "
+                    "for the NaN/Inf check, then one pass for the DC-ASGD-a compensation, the SGD step and, "
+                    "with the pull, the copy into the reply slot")
+        comp = state.compensator
+        return (f"torch path: {type(comp).__qualname__}.compensate per flat segment (about ten tensor passes), then "
+                f"{type(state.optimizer).__name__}.step on flat segments; pull = one copy of the flat model")
+
+
+class ServerApplyTorch(ServerApply):
+    """The same, with HVD_DC_KERNELS=torch: the fallback path when no compiler is there."""
+
+    KERNELS = "torch"
 
 
 class PieceBaseline:
@@ -132,7 +159,7 @@ class Foreach(PieceBaseline):
         torch._foreach_copy_(self.wb, self.w)
 
 
-IMPLS = {"hvd_dc": ServerApply, "naive_loop": NaiveLoop, "foreach": Foreach}
+IMPLS = {"hvd_dc": ServerApply, "hvd_dc_torch_path": ServerApplyTorch, "naive_loop": NaiveLoop, "foreach": Foreach}
 
 
 def cross_check(n: int = 20_000) -> float:
@@ -170,8 +197,11 @@ def measure(n: int, repeats: int) -> dict:
     impls = {name: cls(n) for name, cls in IMPLS.items()}
 
     def apply_pull(impl):
-        impl.apply()
-        impl.pull()
+        if hasattr(impl, "apply_and_pull"):
+            impl.apply_and_pull()
+        else:
+            impl.apply()
+            impl.pull()
 
     for impl in impls.values():  # warm-up: first touches of scratch and buffers
         impl.apply()
