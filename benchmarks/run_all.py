@@ -44,8 +44,9 @@ def section(out: Path) -> str:
     head = ""
     if machine:
         head = (f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['mem_gib']} GiB, torch "
-                f"{machine['torch']}, Python {machine['python']}; **shared with other jobs while it ran, so "
-                "timings are noisy** (every ratio is against a baseline measured in the same run).\n\n")
+                f"{machine['torch']}, Python {machine['python']}; a shared development machine, so timings "
+                "are noisy (each table gives the load average; every ratio is against a baseline measured in "
+                "the same run).\n\n")
     return head + "\n".join(parts)
 
 
