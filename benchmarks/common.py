@@ -11,17 +11,17 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from hvd_dc.launch import local_mpiexec
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -123,16 +123,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 def mpiexec() -> List[str]:
     """The MPI launcher beside this Python (the mpich wheel's), else the one on PATH."""
-    exe = os.environ.get("HVD_DC_MPIEXEC")
-    if not exe:
-        beside = Path(sys.executable).parent / "mpiexec"
-        exe = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if not exe:
-        raise RuntimeError("no mpiexec found: pip install 'hvd_dc[mpich]' or put an MPI on PATH")
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
-    if "Open MPI" in version or "OpenRTE" in version or "open-mpi" in version:
-        return [exe, "--oversubscribe", "--allow-run-as-root"]
-    return [exe]
+    return local_mpiexec()
 
 
 def horovod_available() -> bool:

@@ -41,6 +41,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from benchmarks.convergence_lib import common, report  # noqa: E402
+from hvd_dc.launch import local_mpiexec as mpiexec  # noqa: E402
 
 TUNE_SEED = 100
 
@@ -60,17 +61,6 @@ def _sim_job(args):
     task, method, m, seed, lr, epochs, pattern, split = args
     res = simulate.simulate(task, method, m, seed, lr, epochs, pattern=pattern, split=split)
     return args, res
-
-
-def mpiexec() -> list:
-    exe = os.environ.get("HVD_DC_MPIEXEC")
-    if not exe:
-        beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-        exe = beside if os.path.exists(beside) else "mpiexec"
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    if "Open MPI" in version or "OpenRTE" in version:
-        return [exe, "--oversubscribe"]
-    return [exe]
 
 
 def run_mpi(task, method, m, seed, lr, epochs, timeout=600):

@@ -77,6 +77,18 @@ def find_mpiexec() -> Optional[str]:
     return shutil.which("mpiexec") or shutil.which("mpirun")
 
 
+def local_mpiexec() -> List[str]:
+    """The launcher and flags that start several ranks on this machine (the tests, the
+    benchmarks): :func:`find_mpiexec`, with ``--oversubscribe --allow-run-as-root`` for
+    Open MPI, whose ranks may outnumber the cores and which refuses root otherwise."""
+    exe = find_mpiexec()
+    if not exe:
+        raise RuntimeError("no mpiexec found: pip install 'hvd_dc[mpich]' or put an MPI on PATH")
+    if detect_mpi(exe) == "openmpi":
+        return [exe, "--oversubscribe", "--allow-run-as-root"]
+    return [exe]
+
+
 def window_bytes(model_params: int, num_workers: int, bytes_per_param: int = 4, fp16_wire: bool = False) -> int:
     """Bytes of the server's shared-memory windows for a model of ``model_params``
     elements: per worker a push area (the gradient, in the wire dtype) and a reply area

@@ -11,28 +11,20 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from hvd_dc.launch import local_mpiexec
+
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 
 
 @functools.lru_cache(maxsize=None)
 def mpiexec() -> List[str]:
-    exe = os.environ.get("HVD_DC_MPIEXEC")
-    if not exe:
-        beside = Path(sys.executable).parent / "mpiexec"
-        exe = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if not exe:
-        raise RuntimeError("no mpiexec found: pip install 'hvd_dc[mpich]' or put an MPI on PATH")
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
-    if "Open MPI" in version or "OpenRTE" in version or "open-mpi" in version:
-        return [exe, "--oversubscribe", "--allow-run-as-root"]
-    return [exe]
+    return local_mpiexec()
 
 
 @dataclasses.dataclass
