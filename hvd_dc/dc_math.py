@@ -33,13 +33,13 @@ hvd_dc gives the same bits.
 Two implementations live here, as in ``torch/optim/sgd.py``: :func:`compensate_reference`,
 a direct transcription used as documentation and for cross-checks, and
 :class:`DelayCompensator`, the vectorised path the server runs on flat buffers with
-pre-allocated scratch (no allocation per update).
+scratch allocated once per segment (no allocation per update).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -132,8 +132,9 @@ class DelayCompensator:
 
     It owns the MeanSquare buffers of the adaptive variant: one per worker
     (``mean_square="per_worker"``, the default and what the authors' server did) or one
-    shared by all workers (``"global"``). Buffers and scratch are allocated once, at
-    construction, per segment; :meth:`compensate` allocates nothing.
+    shared by all workers (``"global"``), allocated at construction. Two work buffers per
+    segment are allocated on that segment's first :meth:`compensate` and reused; after that
+    it allocates nothing.
 
     ``segment_sizes`` lists the element count of each flat segment; ``dtypes`` their dtypes.
     For 16-bit floating segments the MeanSquare buffer and the arithmetic are float32, so
@@ -159,12 +160,11 @@ class DelayCompensator:
         self.mean_square_mode = mean_square
         self.num_workers = int(num_workers)
         self._compute_dtypes = [_compute_dtype(dt) for dt in dtypes]
-        self._scratch = [
-            torch.empty(n, dtype=cd, device=device) for n, cd in zip(segment_sizes, self._compute_dtypes)
-        ]
-        self._scratch2 = [
-            torch.empty(n, dtype=cd, device=device) for n, cd in zip(segment_sizes, self._compute_dtypes)
-        ]
+        self._sizes = list(segment_sizes)
+        self._device = device
+        # two segment-sized work buffers each, made on a segment's first compensate(): the
+        # server's fused kernels (hvd_dc.kernels) never call it for float32/float64 segments
+        self._scratch: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self._sizes)
         self._lambda0_t = [torch.tensor(self.lambda0, dtype=cd, device=device) for cd in self._compute_dtypes]
         self.mean_square: Dict[int, list] = {}
         if variant == "adaptive":
@@ -174,6 +174,14 @@ class DelayCompensator:
                     torch.zeros(n, dtype=cd, device=device)
                     for n, cd in zip(segment_sizes, self._compute_dtypes)
                 ]
+
+    def _work_buffers(self, segment: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        buffers = self._scratch[segment]
+        if buffers is None:
+            n, dtype = self._sizes[segment], self._compute_dtypes[segment]
+            buffers = (torch.empty(n, dtype=dtype, device=self._device), torch.empty(n, dtype=dtype, device=self._device))
+            self._scratch[segment] = buffers
+        return buffers
 
     def mean_square_of(self, worker: int) -> list:
         """The MeanSquare buffers (one per segment) used for ``worker``'s gradients."""
@@ -201,8 +209,7 @@ class DelayCompensator:
         g = grad if grad.dtype == cd else grad.to(cd)
         w = weights if weights.dtype == cd else weights.to(cd)
         wb = backup if backup.dtype == cd else backup.to(cd)
-        lam_g = self._scratch[segment]
-        drift = self._scratch2[segment]
+        lam_g, drift = self._work_buffers(segment)
         if self.variant == "constant":
             torch.mul(g, self.lambda0, out=lam_g)  # lam * g
         else:
