@@ -25,8 +25,9 @@ formula reproduces the vectorised path bit for bit::
     g_dc   = g + (((lam * g) * g) * (w - w_bak))
 
 ``sqrt`` is the correctly rounded IEEE square root. On the CPU it is numpy's: measured
-here, ``torch.sqrt`` on CPU tensors differs from the correctly rounded result for about
-17% of float32 inputs (whatever its SIMD dispatch level), while numpy, the fused C kernels
+with ``python benchmarks/sqrt_rounding.py`` (torch 2.13), ``torch.sqrt`` on CPU tensors
+differs from the correctly rounded result for about 17% of float32 inputs (also with
+``ATEN_CPU_CAPABILITY`` set to default, avx2 or avx512), while numpy, the fused C kernels
 (:mod:`hvd_dc.kernels`) and CUDA's default ``sqrt`` round correctly, so every path of
 hvd_dc gives the same bits.
 
