@@ -85,7 +85,7 @@ def backward(model, data):
     x, y = data.next()
     loss = F.cross_entropy(model(x), y)
     loss.backward()
-    return float(loss)
+    return loss.item()
 
 
 def write(out, rank, **d):

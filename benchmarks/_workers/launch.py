@@ -20,7 +20,17 @@ def launch(system, workers, extra, timeout):
                                                str(common.WORKERS / "sync_worker.py"), "--backend", "horovod"]
         else:
             raise ValueError(system)
-        common.run(cmd + ["--out", tmp] + [str(a) for a in extra], timeout=timeout)
+        try:
+            common.run(cmd + ["--out", tmp] + [str(a) for a in extra], timeout=timeout)
+        except RuntimeError as exc:
+            res = common.read_rank_results(Path(tmp))
+            # A baseline whose every rank wrote its measurement and then died in its
+            # framework's teardown has still measured; hvd_dc gets no such allowance.
+            if system == "hvd_dc" or len(res) != workers:
+                raise
+            first = str(exc).splitlines()[0]
+            print(f"warning: {system} failed after all {workers} ranks wrote results; keeping them ({first})",
+                  file=sys.stderr)
         res = common.read_rank_results(Path(tmp))
     if len(res) != workers:
         raise RuntimeError(f"{system}: expected {workers} rank results, got {sorted(res)}")
