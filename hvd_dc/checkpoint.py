@@ -75,6 +75,11 @@ def _describe(state) -> Dict[str, Any]:
     }
 
 
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy, so that a checkpoint from a CUDA server loads anywhere."""
+    return t.detach().to("cpu", copy=True)
+
+
 def snapshot(state, elapsed_s: float) -> Dict[str, Any]:
     """Everything needed to continue ``state`` (a ServerState), as plain data and tensors."""
     comp = state.compensator
@@ -84,9 +89,9 @@ def snapshot(state, elapsed_s: float) -> Dict[str, Any]:
         "elapsed_s": float(elapsed_s),
         "model": _describe(state),
         "num_workers": state.num_workers,
-        "weights": state.weights.clone(),
-        "backups": [b.clone() for b in state.backups],
-        "mean_square": {str(k): [t.clone() for t in v] for k, v in comp.mean_square.items()},
+        "weights": _host_copy(state.weights),
+        "backups": [_host_copy(b) for b in state.backups],
+        "mean_square": {str(k): [_host_copy(t) for t in v] for k, v in comp.mean_square.items()},
         "optimizer": state.optimizer.state_dict(),
         "updates": int(state.updates),
         "accepted": state.accepted.tolist(),
@@ -130,9 +135,11 @@ def restore(state, ckpt: Dict[str, Any], path: str) -> Optional[str]:
         for name in ("accepted", "rejected", "pulls", "updates_at_pull", "staleness_sum", "staleness_max"):
             getattr(state, name)[:] = np.asarray(ckpt[name], dtype=np.int64)
         state.staleness_hist = {int(k): int(v) for k, v in ckpt["staleness_hist"].items()}
+        state.refresh_replies()
         return None
     for b in state.backups:
         b.copy_(state.weights)
+    state.refresh_replies()
     state.updates_at_pull[:] = state.updates
     if comp.mean_square_mode == "global" and "0" in ckpt["mean_square"]:
         for t, saved in zip(comp.mean_square[0], ckpt["mean_square"]["0"]):

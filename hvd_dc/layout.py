@@ -107,6 +107,7 @@ class ModelSpec:
     checkpoint_path: Optional[str] = None
     checkpoint_every_updates: Optional[int] = None
     checkpoint_every_seconds: Optional[float] = None
+    server_device: str = "auto"
 
     def structure(self) -> Tuple:
         """The part every worker must agree on (names, shapes, dtypes, groups, options)."""
@@ -123,6 +124,7 @@ class ModelSpec:
             self.checkpoint_path,
             self.checkpoint_every_updates,
             self.checkpoint_every_seconds,
+            self.server_device,
         )
 
 
@@ -180,10 +182,11 @@ class FlatLayout:
         segs = self.wire_segments if wire else self.segments
         return [buf[s.offset : s.offset + s.nbytes].view(s.dtype) for s in segs]
 
-    def param_views(self, buf: torch.Tensor) -> List[torch.Tensor]:
+    def param_views(self, buf: torch.Tensor, wire: bool = False) -> List[torch.Tensor]:
         """Views of ``buf`` shaped like each parameter, in ``self.params`` order."""
         out: List[Optional[torch.Tensor]] = [None] * len(self.params)
-        for seg, flat in zip(self.segments, self.segment_views(buf)):
+        segs = self.wire_segments if wire else self.segments
+        for seg, flat in zip(segs, self.segment_views(buf, wire=wire)):
             for i, off in zip(seg.param_indices, seg.param_offsets):
                 p = self.params[i]
                 out[i] = flat[off : off + p.numel].view(p.shape)
@@ -269,6 +272,7 @@ def diff_specs(reference: ModelSpec, other: ModelSpec, other_rank: int) -> Optio
         "checkpoint_path",
         "checkpoint_every_updates",
         "checkpoint_every_seconds",
+        "server_device",
     ):
         if getattr(a, field) != getattr(b, field):
             return f"{field} is {getattr(a, field)!r} on worker 0 but {getattr(b, field)!r} on worker {other_rank}"

@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from . import checkpoint
 from .collectives import wait_request
+from .devices import resolve_server_device
 from .fault_injection import fault_point
 from .launch import check_shm
 from .layout import ModelSpec
@@ -186,7 +187,8 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
     )
     resumed_from = None
     try:
-        state = ServerState(spec, initial, windows.reply_weights)
+        device = resolve_server_device(spec.server_device)
+        state = ServerState(spec, initial, windows.reply_weights, device=device)
         path = spec.checkpoint_path
         if path is not None and os.path.exists(path):
             warning = checkpoint.restore(state, checkpoint.load(path), path)
@@ -207,7 +209,7 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
         return None
     log.info(
         "serving model %d: %d parameters in %d tensors, %s, dc_variant=%s lambda=%g, %d workers, "
-        "optimizer %s on %s",
+        "optimizer %s on %s, master weights on %s",
         index,
         layout.numel,
         len(layout.params),
@@ -217,6 +219,7 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
         ctx.num_workers,
         ".".join(spec.optimizer_class),
         "flat segments" if state.flat_optimizer else "per-parameter views",
+        f"{state.device} (staged through the window)" if state.staged else "the window (host memory)",
     )
     return ServedModel(index, windows, state, time.monotonic())
 

@@ -19,6 +19,13 @@ When the fused kernels (:mod:`hvd_dc.kernels`) are built, float32/float64 segmen
 compensated in one pass, and with ``torch.optim.SGD`` the compensation, the SGD step and
 the copy into the worker's reply area are one pass; the results are bit-identical to the
 torch path, which remains the fallback and the reference.
+
+With ``device`` given (a CUDA device: ``server_device``, see :mod:`hvd_dc.devices`) the
+state is *staged*: master weights, every ``w_bak(m)``, MeanSquare and the optimizer's
+state live on that device, each arriving gradient is copied there from the window, and
+each reply is copied back into the worker's reply area; the math is the torch path, run
+on the device. ``device="cpu"`` stages through separate CPU buffers, which is how that
+path is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class ServerState:
         initial_weights: torch.Tensor,
         backups: Sequence[torch.Tensor],
         flat_optimizer: Optional[bool] = None,
+        device: Optional[torch.device | str] = None,
     ) -> None:
         self.spec = spec
         self.layout = build_layout(spec)
@@ -68,15 +76,26 @@ class ServerState:
         if len(backups) != self.num_workers:
             raise ValueError(f"need {self.num_workers} backup buffers, got {len(backups)}")
         layout = self.layout
-        self.weights = torch.zeros(layout.nbytes, dtype=torch.uint8)
+        self.staged = device is not None
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        dev = self.device
+        self.weights = torch.zeros(layout.nbytes, dtype=torch.uint8, device=dev)
         self.weights.copy_(initial_weights[: layout.nbytes])
-        self.grad_buffer = torch.zeros(layout.nbytes, dtype=torch.uint8)
+        self.grad_buffer = torch.zeros(layout.nbytes, dtype=torch.uint8, device=dev)
         self.weight_segments = layout.segment_views(self.weights)
         self.grad_segments = layout.segment_views(self.grad_buffer)
-        self.backups = list(backups)
+        #: the buffers the workers read their weights from (the window's reply areas)
+        self.replies = list(backups)
+        if self.staged:
+            self.backups = [torch.empty(layout.nbytes, dtype=torch.uint8, device=dev) for _ in self.replies]
+            self._wire_grad = torch.zeros(layout.wire_nbytes, dtype=torch.uint8, device=dev)
+            self._wire_grad_segments = layout.segment_views(self._wire_grad, wire=True)
+        else:
+            self.backups = self.replies  # writing w_bak(m) is sending it
         self.backup_segments = [layout.segment_views(b) for b in self.backups]
         for b in self.backups:
             b.copy_(self.weights)  # Algorithm 2: w_bak(m) = w_0 for every worker
+        self.refresh_replies()
 
         opt_class = resolve_class(*spec.optimizer_class)
         if flat_optimizer is None:
@@ -99,9 +118,10 @@ class ServerState:
             momentum=spec.dc_momentum,
             eps=spec.dc_eps,
             mean_square=spec.dc_mean_square,
+            device=dev,
         )
         fused_dtypes = all(seg.dtype in kernels.FUSED_DTYPES for seg in layout.segments)
-        self.fused = kernels.available()
+        self.fused = kernels.available() and dev.type == "cpu"
         self.fused_segments = [self.fused and seg.dtype in kernels.FUSED_DTYPES for seg in layout.segments]
         self.fused_sgd = self.fused and fused_dtypes and flat_optimizer and opt_class is torch.optim.SGD and not any(
             g.get("differentiable", False) for g in self.optimizer.param_groups
@@ -113,7 +133,7 @@ class ServerState:
             for group in self.optimizer.param_groups:
                 self._segment_groups.extend([group] * len(group["params"]))
         self._decompressed: List[Optional[torch.Tensor]] = [
-            torch.empty(s.numel, dtype=s.dtype) if ws.dtype != s.dtype else None
+            torch.empty(s.numel, dtype=s.dtype, device=dev) if ws.dtype != s.dtype else None
             for s, ws in zip(layout.segments, layout.wire_segments)
         ]
         self.updates = 0
@@ -170,6 +190,10 @@ class ServerState:
         rejected whole and counted; the master weights and MeanSquare are not touched.
         """
         staleness = int(self.updates - self.updates_at_pull[worker])
+        if self.staged:
+            for dst, src in zip(self._wire_grad_segments, wire_grad):
+                dst.copy_(src)
+            wire_grad = self._wire_grad_segments
         if not self._all_finite(wire_grad):
             self.rejected[worker] += 1
             if pull:
@@ -196,12 +220,16 @@ class ServerState:
         self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + 1
         if pull:
             if copied:
+                self._send_backup(worker)
                 self._note_pull(worker)
             else:
                 self.pull(worker)
         return True, staleness
 
     def _all_finite(self, wire_grad: Sequence[torch.Tensor]) -> bool:
+        if self.device.type != "cpu":
+            # one reduction per segment on the device and a single transfer of the verdict
+            return bool(torch.stack([torch.isfinite(g).all() for g in wire_grad]).all())
         for g, fused in zip(wire_grad, self.fused_segments):
             ok = kernels.all_finite(g) if fused and g.dtype in kernels.FUSED_DTYPES else bool(torch.isfinite(g).all())
             if not ok:
@@ -242,7 +270,17 @@ class ServerState:
     def pull(self, worker: int) -> None:
         """``w_bak(worker) <- w``: the copy worker ``worker`` receives and computes on."""
         self.backups[worker].copy_(self.weights)
+        self._send_backup(worker)
         self._note_pull(worker)
+
+    def _send_backup(self, worker: int) -> None:
+        if self.staged:
+            self.replies[worker].copy_(self.backups[worker])
+
+    def refresh_replies(self) -> None:
+        """Make every reply area hold its worker's ``w_bak(m)`` (after start or a restore)."""
+        for m in range(self.num_workers):
+            self._send_backup(m)
 
     def _note_pull(self, worker: int) -> None:
         self.updates_at_pull[worker] = self.updates

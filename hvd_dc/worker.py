@@ -13,11 +13,17 @@ buffer, the push area (or a staging buffer when fp16 compression is on). Autogra
 accumulates into those views in place, a push is one ``Put`` and a pull is one ``Get``
 straight into the model's memory. ``zero_grad`` clears the flat gradient buffer in one
 call instead of dropping the gradients.
+
+CUDA parameters (and CPU ones under ``HVD_DC_STAGING=always``) are bound to flat device
+buffers instead, which :class:`hvd_dc.staging.DeviceStaging` copies to and from the
+channel's pinned host areas around each exchange, overlapping the gradient copy with the
+backward pass.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import logging
 import operator
@@ -33,6 +39,7 @@ from mpi4py import MPI
 from .collectives import recv_with_timeout, wait_request
 from .compression import Compression, compression_name
 from .dc_math import validate_dc_options
+from .devices import parse_server_device, staging_forced, worker_device
 from .layout import (
     FlatLayout,
     ModelSpec,
@@ -45,6 +52,7 @@ from .layout import (
 from .metrics import worker_stats_extra
 from .protocol import KIND_PULL, KIND_PUSH, RM_REJECTED, RM_STALENESS, RM_STATUS, RM_UPDATES, STATUS_OK, WindowLayout, WorkerChannel
 from .runtime import SERVER_RANK, TAG_CONTROL, TAG_REGISTERED, TAG_WEIGHTS, context
+from .staging import DeviceStaging
 from .waiting import Backoff, Deadline, HvdDcTimeout
 
 __all__ = ["DistributedDCOptimizer", "DCWorker"]
@@ -68,6 +76,7 @@ def DistributedDCOptimizer(
     checkpoint_path: Optional[str] = None,
     checkpoint_every_updates: Optional[int] = None,
     checkpoint_every_seconds: Optional[float] = None,
+    server_device: Any = "auto",
 ) -> torch.optim.Optimizer:
     """Make ``optimizer`` train asynchronously through the DC-ASGD parameter server.
 
@@ -93,6 +102,12 @@ def DistributedDCOptimizer(
     every worker starts from the weights it held then; ``stats()["pushes"]`` is then this
     worker's push count at the checkpoint, so a loop can skip what was already done.
 
+    ``server_device``: where the server keeps the master weights and runs the update:
+    ``"auto"`` (default: the server rank's CUDA device if it has one, else the CPU),
+    ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (a device the server rank must have). The
+    parameters may live on the CPU or on one CUDA device per worker; CUDA gradients and
+    weights are staged through pinned host memory (:mod:`hvd_dc.staging`).
+
     In a world of one process the optimizer trains alone, as with Horovod.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -108,8 +123,10 @@ def DistributedDCOptimizer(
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite must be 'skip' or 'raise'; got {nonfinite!r}")
     _validate_checkpointing(checkpoint_path, checkpoint_every_updates, checkpoint_every_seconds)
+    server_device = parse_server_device(server_device)
     ctx = context()
     params, names = _trained_parameters(optimizer, named_parameters)
+    device = worker_device((n, p) for (p, _), n in zip(params, names))
     if ctx.role == "solo":
         _attach_solo(optimizer)
         return optimizer
@@ -129,8 +146,9 @@ def DistributedDCOptimizer(
         checkpoint_path=None if checkpoint_path is None else os.path.abspath(checkpoint_path),
         checkpoint_every_updates=checkpoint_every_updates,
         checkpoint_every_seconds=None if checkpoint_every_seconds is None else float(checkpoint_every_seconds),
+        server_device=server_device,
     )
-    worker = DCWorker(optimizer, [p for p, _ in params], spec, backward_passes_per_step, nonfinite)
+    worker = DCWorker(optimizer, [p for p, _ in params], spec, backward_passes_per_step, nonfinite, device)
     ctx.engines.append(worker)
     return optimizer
 
@@ -175,7 +193,9 @@ def _stats(optimizer):
 
 
 def _synchronize(optimizer):
-    """Horovod compatibility: nothing to wait for before step()."""
+    """Horovod's call before editing gradients by hand: the next ``step()`` pushes the
+    gradients as they are then, whatever the edit (see :mod:`hvd_dc.staging`)."""
+    optimizer._hvd_dc_worker.synchronize()
 
 
 def _skip_synchronize(optimizer):
@@ -197,10 +217,6 @@ def _trained_parameters(optimizer, named_parameters):
     if not params:
         raise ValueError("the optimizer has no parameter that requires grad; there is nothing to train")
     for p, _ in params:
-        if p.device.type != "cpu":
-            raise ValueError(
-                f"hvd_dc trains CPU parameters in this version; a parameter lives on {p.device}"
-            )
         dtype_name(p.dtype)  # raises for non-floating dtypes
         if p.is_sparse:
             raise ValueError("sparse parameters are not supported")
@@ -249,6 +265,7 @@ class DCWorker:
         spec: ModelSpec,
         backward_passes_per_step: int,
         nonfinite: str = "skip",
+        device: torch.device = torch.device("cpu"),
     ) -> None:
         ctx = context()
         self.ctx = ctx
@@ -264,7 +281,10 @@ class DCWorker:
         me = ctx.workers.Get_rank()
         if me == 0:
             world.send(("register", spec), dest=SERVER_RANK, tag=TAG_CONTROL)
-        self.channel = WorkerChannel(world, self.wl, me, SERVER_RANK, ctx.timeout)  # collective
+        self.device = device
+        staged = device.type != "cpu" or staging_forced()
+        self.channel = WorkerChannel(world, self.wl, me, SERVER_RANK, ctx.timeout,
+                                     pin_memory=device.type == "cuda")  # collective
         layout = self.layout
         if me == 0:
             initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
@@ -280,10 +300,19 @@ class DCWorker:
             raise RuntimeError(f"hvd_dc: {verdict['error']}")
         self.channel.open()
         self.channel.fetch_reply()  # w_0, identical on every worker and equal to w_bak(m)
+        self.staging: Optional[DeviceStaging] = None
+        if staged:
+            self.staging = DeviceStaging(layout, device, self.channel.grad_area, self.channel.weights_area,
+                                         wire_fp16=spec.compression == "fp16")
+            self.staging.weights_to_device()
         self._bind_weights()
         self._bind_grads()
         self._grad_getter = operator.attrgetter("grad")
-        self._hook_handle = params[0].register_post_accumulate_grad_hook(self._count_backward)
+        self._hook_handles = [params[0].register_post_accumulate_grad_hook(self._count_backward)]
+        self._grad_passes = [0] * len(params)
+        if self.staging is not None:
+            for i, p in enumerate(params):
+                self._hook_handles.append(p.register_post_accumulate_grad_hook(functools.partial(self._grad_ready, i)))
         self._backward_passes = 0
         self.resumed_from = verdict["resumed_from"]
         self.pushes = int(verdict["pushes"][me])  # > 0 only when resuming from a checkpoint
@@ -366,15 +395,23 @@ class DCWorker:
             raise ValueError(f"hvd_dc: the workers' models differ: {verdict}")
 
     def _bind_weights(self) -> None:
-        """Point every parameter's data at its view of the reply area (now holding w_0)."""
-        self._weight_views = self.layout.param_views(self.channel.weights_area)
+        """Point every parameter's data at its view of the reply area (now holding w_0),
+        or of the device weights when staging."""
+        if self.staging is not None:
+            self._weight_views = self.staging.weight_views
+        else:
+            self._weight_views = self.layout.param_views(self.channel.weights_area)
         with torch.no_grad():
             for p, view in zip(self.params, self._weight_views):
                 p.data = view
 
     def _bind_grads(self) -> None:
         fp16 = self.spec.compression == "fp16"
-        self._grad_buffer = torch.zeros(self.layout.nbytes, dtype=torch.uint8) if fp16 else self.channel.grad_area
+        if self.staging is not None:
+            self._grad_buffer = self.staging.grads  # the staging rounds to the wire dtype itself
+            fp16 = False
+        else:
+            self._grad_buffer = torch.zeros(self.layout.nbytes, dtype=torch.uint8) if fp16 else self.channel.grad_area
         self._grad_buffer.zero_()
         self._grad_views = self.layout.param_views(self._grad_buffer)
         self._grad_segments = self.layout.segment_views(self._grad_buffer)
@@ -405,6 +442,19 @@ class DCWorker:
     def _count_backward(self, _param: torch.Tensor) -> None:
         self._backward_passes += 1
 
+    def _grad_ready(self, index: int, param: torch.Tensor) -> None:
+        """A staged parameter's gradient is final for this step: start its copy to host."""
+        passes = self._grad_passes[index] + 1
+        self._grad_passes[index] = passes
+        if passes == self.backward_passes_per_step and param.grad is self._grad_views[index]:
+            self.staging.stage_parameter(index)  # type: ignore[union-attr]
+
+    def _reset_passes(self) -> None:
+        self._backward_passes = 0
+        if self.staging is not None:
+            self._grad_passes = [0] * len(self._grad_passes)
+            self.staging.reset_gradient_staging()
+
     # -- the optimizer's methods ----------------------------------------------------------
 
     def step(self, closure=None):
@@ -421,13 +471,15 @@ class DCWorker:
                 f"{self.backward_passes_per_step} backward passes or raise backward_passes_per_step"
             )
         self._gather_grads()
-        if self._wire_segments is not None:
+        if self.staging is not None:
+            self.staging.gradients_to_host()
+        elif self._wire_segments is not None:
             for wire, seg in zip(self._wire_segments, self._grad_segments):
                 wire.copy_(seg)
         read_hyperparameters(self.optimizer.param_groups, self.spec.hyper_slots, self.channel.hyper)
         meta = self._exchange(KIND_PUSH)
         self._after_reply(meta, pushed=True)
-        self._backward_passes = 0
+        self._reset_passes()
         return loss
 
     def pull(self) -> None:
@@ -448,7 +500,12 @@ class DCWorker:
         if not all(map(operator.is_, grads, self._grad_views)):
             for p, view in zip(self.params, self._grad_views):
                 p.grad = view
-        self._backward_passes = 0
+        self._reset_passes()
+
+    def synchronize(self) -> None:
+        """Gradients may now be edited by any means: the next push copies them whole."""
+        if self.staging is not None:
+            self.staging.forbid_eager_copy()
 
     def stats(self) -> Dict[str, Any]:
         """Counters of this worker and the server's total at the last reply, with this
@@ -462,8 +519,16 @@ class DCWorker:
             "staleness_mean": self.staleness_sum / max(self.pushes - self.rejected, 1),
             "staleness_max": self.staleness_max,
             "resumed_from": self.resumed_from,
+            "device": str(self.device),
+            **self._staging_stats(),
             **worker_stats_extra(self.staleness_hist, self.server_updates, time.monotonic() - self._started),
         }
+
+    def _staging_stats(self) -> Dict[str, Any]:
+        if self.staging is None:
+            return {"staged": False}
+        return {"staged": True, "pushes_copied_during_backward": self.staging.eager_pushes,
+                "pushes_copied_at_step": self.staging.full_pushes}
 
     # -- internals ------------------------------------------------------------------------
 
@@ -472,11 +537,16 @@ class DCWorker:
             raise RuntimeError("hvd_dc has been shut down; this optimizer can no longer step or pull")
 
     def _exchange(self, kind: int) -> np.ndarray:
+        if self.staging is not None:
+            self.staging.before_host_weights_written()
         try:
-            return self.channel.exchange(kind)
+            meta = self.channel.exchange(kind)
         except HvdDcTimeout:
             self.ctx.server_lost = True  # shutdown must not wait on the server collectively
             raise
+        if self.staging is not None:
+            self.staging.weights_to_device()
+        return meta
 
     def _gather_grads(self) -> None:
         """Make the flat gradient buffer hold every parameter's gradient.
@@ -531,7 +601,10 @@ class DCWorker:
         if self._closed:
             return
         self._closed = True
-        self._hook_handle.remove()
+        for handle in self._hook_handles:
+            handle.remove()
+        if self.staging is not None:
+            self.staging.synchronize()
         # the model keeps its weights: they live in the channel's local buffers, not in the window
         self.channel.free()
 

@@ -34,8 +34,9 @@ def make_spec(optimizer: torch.optim.Optimizer, num_workers: int, variant: str =
     )
 
 
-def make_state(optimizer: torch.optim.Optimizer, num_workers: int, **dc) -> ServerState:
-    """A ServerState whose initial weights are the optimizer's parameters' values."""
+def make_state(optimizer: torch.optim.Optimizer, num_workers: int, device=None, **dc) -> ServerState:
+    """A ServerState whose initial weights are the optimizer's parameters' values
+    (staged on ``device`` when given, as ``server_device`` makes the server do)."""
     spec = make_spec(optimizer, num_workers, **dc)
     layout = FlatLayout(spec.params, wire_fp16=(spec.compression == "fp16"))
     initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
@@ -43,7 +44,7 @@ def make_state(optimizer: torch.optim.Optimizer, num_workers: int, **dc) -> Serv
     for view, p in zip(layout.param_views(initial), params):
         view.copy_(p.detach())
     backups = [torch.zeros(layout.nbytes, dtype=torch.uint8) for _ in range(num_workers)]
-    return ServerState(spec, initial, backups)
+    return ServerState(spec, initial, backups, device=device)
 
 
 def flat_weights(state: ServerState) -> torch.Tensor:
@@ -51,7 +52,7 @@ def flat_weights(state: ServerState) -> torch.Tensor:
     return torch.cat([v.reshape(-1).double() for v in state.layout.param_views(state.weights)])
 
 
-def push(state: ServerState, worker: int, grads: Sequence[torch.Tensor], hyper=None) -> bool:
+def push(state: ServerState, worker: int, grads: Sequence[torch.Tensor], hyper=None, pull: bool = False) -> bool:
     """Lay ``grads`` (user parameter order) out in the wire layout and apply them."""
     layout = state.layout
     wire = torch.zeros(layout.wire_nbytes, dtype=torch.uint8)
@@ -63,5 +64,5 @@ def push(state: ServerState, worker: int, grads: Sequence[torch.Tensor], hyper=N
     if hyper is None:
         hyper = [0.0] * len(state.spec.hyper_slots)
         read_hyperparameters(state.spec.groups, state.spec.hyper_slots, hyper)
-    ok, _ = state.apply_push(worker, segs, hyper)
+    ok, _ = state.apply_push(worker, segs, hyper, pull=pull)
     return ok

@@ -20,6 +20,8 @@ def test_bad_arguments_are_named(tmp_path):
         assert "TypeError" in e["complex_param"] and "complex64" in e["complex_param"]
         assert "no parameter that requires grad" in e["frozen_only"]
         assert "list-of-ranks form is not supported" in e["init_comm"]
+        assert "server_device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'" in e["server_device"]
+        assert "parameter 'param.0.0' lives on meta" in e["meta_param"]
         assert r["twice"] == "this optimizer is already wrapped by hvd_dc.DistributedDCOptimizer"
         assert "accumulated over 3 backward passes but backward_passes_per_step=2" in r["too_many"]
         assert "can no longer step or pull" in r["after_shutdown"]

@@ -18,15 +18,23 @@ p.add_argument("--lr-schedule", choices=["none", "before", "after"], default="no
                help="lr cycles 1, 1/2, 1/4 via LambdaLR created before or after wrapping")
 p.add_argument("--nan-every", type=int, default=0, help="worker 0 pushes a NaN gradient every k-th step")
 p.add_argument("--dtypes", default="float32", help="comma list: parameters of these dtypes")
+p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the parameters live")
+p.add_argument("--edit", choices=["none", "inplace", "data_after_synchronize"], default="none",
+               help="halve the gradients after backward: with tracked in-place ops, or through .data after "
+                    "optimizer.synchronize()")
+p.add_argument("--passes", type=int, default=1, help="backward_passes_per_step (the loss is split over them)")
 args = p.parse_args()
 
 hvd.init()
 me, n = hvd.rank(), hvd.size()
+if args.device == "cuda":
+    torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
+device = torch.device(args.device)
 dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
 params = {}
 for i, dt in enumerate(dtypes):
-    params[f"w{i}"] = torch.nn.Parameter(torch.arange(12, dtype=dt).reshape(3, 4) * (1 - me))  # differs per worker
-    params[f"b{i}"] = torch.nn.Parameter(torch.zeros(5, dtype=dt))
+    params[f"w{i}"] = torch.nn.Parameter((torch.arange(12, dtype=dt).reshape(3, 4) * (1 - me)).to(device))  # differs per worker
+    params[f"b{i}"] = torch.nn.Parameter(torch.zeros(5, dtype=dt, device=device))
 named = list(params.items())
 opt = torch.optim.SGD([t for _, t in named], lr=1.0)
 def cycle(step):
@@ -37,34 +45,46 @@ sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle) if args.lr_schedule == "be
 dc_lambda = 0.0 if args.variant != "none" else None
 compression = hvd.Compression.fp16 if args.compression == "fp16" else hvd.Compression.none
 opt = hvd.DistributedDCOptimizer(opt, named_parameters=named, dc_variant=args.variant, dc_lambda=dc_lambda,
-                                 compression=compression)
+                                 compression=compression, backward_passes_per_step=args.passes)
 if args.lr_schedule == "after":
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle)
 w0 = {k: t.detach().clone() for k, t in named}  # the server's w0 (worker 0's), pulled at registration
 
 rng = random.Random(me)
 steps = args.steps + 3 * me  # workers finish at different times
-applied = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in named}
+applied = {k: torch.zeros(t.shape, dtype=torch.float64) for k, t in named}
+scale = 1.0 if args.edit == "none" else 0.5
 rejected_expected = 0
 for s in range(steps):
     opt.zero_grad()
     lr = opt.param_groups[0]["lr"]
     poison = args.nan_every and me == 0 and s % args.nan_every == 1
-    loss = 0
     coefs = {}
     for k, t in named:
         c = torch.randint(-3, 4, t.shape, generator=torch.Generator().manual_seed(1000 * me + s + len(k))).to(t.dtype)
         coefs[k] = c
-        loss = loss + (t * c).sum()
-    if poison:
-        loss = loss * float("nan")
-    loss.backward()
+    for part in range(args.passes):  # the integer coefficients, split over the passes
+        loss = 0
+        for k, t in named:
+            c = coefs[k] if part == 0 else torch.ones_like(coefs[k])
+            if part == 0 and args.passes > 1:
+                c = c - (args.passes - 1)
+            loss = loss + (t * c.to(device)).sum()
+        if poison:
+            loss = loss * float("nan")
+        loss.backward()
+    if args.edit == "inplace":
+        torch._foreach_mul_([t.grad for _, t in named], 0.5)
+    elif args.edit == "data_after_synchronize":
+        opt.synchronize()
+        for _, t in named:
+            t.grad.data.mul_(0.5)
     opt.step()
     if poison:
         rejected_expected += 1
     else:
         for k in coefs:
-            applied[k] += lr * coefs[k].double()
+            applied[k] += lr * scale * coefs[k].double()
     if sched is not None:
         sched.step()
     if rng.random() < 0.3:
@@ -77,8 +97,8 @@ ok = True
 detail = {}
 for k, t in named:
     total = hvd.allreduce(applied[k], op=hvd.Sum)
-    expected = w0[k].double() - total
-    got = t.detach().double()
+    expected = w0[k].double().cpu() - total
+    got = t.detach().double().cpu()
     detail[k] = float((got - expected).abs().max())
     ok = ok and torch.equal(got, expected)
 total_pushes = int(hvd.allreduce(torch.tensor(steps), op=hvd.Sum))
@@ -88,5 +108,5 @@ write_result(args.out, me, conserved=ok, max_diff=detail, steps=steps, stats=sta
              server_updates=final["server_updates"], expected_updates=total_pushes - total_rejected,
              rejected=stats["rejected_pushes"], rejected_expected=rejected_expected,
              finite=all(bool(torch.isfinite(t).all()) for _, t in named), size=n,
-             is_sgd=isinstance(opt, torch.optim.SGD))
+             is_sgd=isinstance(opt, torch.optim.SGD), device=str(t.device))
 hvd.shutdown()

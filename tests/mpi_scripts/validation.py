@@ -28,6 +28,8 @@ cases = {
     "complex_param": lambda: hvd.DistributedDCOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))], lr=0.1)),
     "frozen_only": lambda: hvd.DistributedDCOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2), requires_grad=False)], lr=0.1)),
     "init_comm": lambda: hvd.init(comm=[0, 1]),
+    "server_device": lambda: hvd.DistributedDCOptimizer(sgd(), server_device="gpu"),
+    "meta_param": lambda: hvd.DistributedDCOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=0.1)),
 }
 errors = {}
 for name, fn in cases.items():
