@@ -197,7 +197,8 @@ def _register(ctx: Context, spec: ModelSpec, index: int) -> Optional[ServedModel
                 log.warning("%s", warning)
             log.warning("model %d: resumed from %s at update %d", index, path, state.updates)
         pushes = (state.accepted + state.rejected).tolist()
-        verdict = {"ok": True, "updates": int(state.updates), "pushes": pushes, "resumed_from": resumed_from}
+        verdict = {"ok": True, "updates": int(state.updates), "pushes": pushes, "resumed_from": resumed_from,
+                   "server_device": f"{state.device}" + (" (staged)" if state.staged else " (window)")}
     except Exception as exc:
         log.error("cannot serve model %d: %s", index, exc)
         state = None

@@ -315,6 +315,7 @@ class DCWorker:
                 self._hook_handles.append(p.register_post_accumulate_grad_hook(functools.partial(self._grad_ready, i)))
         self._backward_passes = 0
         self.resumed_from = verdict["resumed_from"]
+        self.server_device = verdict["server_device"]
         self.pushes = int(verdict["pushes"][me])  # > 0 only when resuming from a checkpoint
         self.pulls = 1
         self.rejected = 0
@@ -520,6 +521,7 @@ class DCWorker:
             "staleness_max": self.staleness_max,
             "resumed_from": self.resumed_from,
             "device": str(self.device),
+            "server_device": self.server_device,
             **self._staging_stats(),
             **worker_stats_extra(self.staleness_hist, self.server_updates, time.monotonic() - self._started),
         }

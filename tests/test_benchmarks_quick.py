@@ -16,8 +16,8 @@ def positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def run(name, tmp_path, timeout=400):
-    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(tmp_path)],
+def run(name, tmp_path, timeout=400, extra=()):
+    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(tmp_path), *extra],
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "|---|" in r.stdout  # printed a table
@@ -78,3 +78,29 @@ def test_stragglers(tmp_path):
 def test_synthetic(tmp_path):
     d, out = run("synthetic", tmp_path)
     _check_peers(d["rows"], out, "images_per_s")
+
+
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    """The GPU benchmark's code paths, run on the CPU; its figures say nothing about GPUs."""
+    d, out = run("gpu", tmp_path, extra=["--device", "cpu"])
+    assert d["device"] == "cpu (dry run: no GPU figures)" and "dry run" in out
+    for row in d["apply"]:
+        assert row["finite"]
+        for k in ("d2d_copy_GBps", "apply_device_s", "apply_from_host_s", "apply_device_fraction_of_copy_bw"):
+            assert positive(row[k]), k
+    st = d["staging"]
+    assert st["eager_pushes"] > 0 and positive(st["copies_only_s"]) and positive(st["fwd_bwd_s"])
+    alone, dc = d["e2e"]
+    assert alone["processes"] == 1 and dc["processes"] == 3
+    assert positive(alone["images_per_s"]) and positive(dc["images_per_s"])
+    assert dc["staged_workers"] is False and dc["server_device"] == "cpu (window)"
+
+
+def test_gpu_script_refuses_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA device here" in r.stderr and "nothing measured" in r.stderr

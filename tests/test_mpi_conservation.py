@@ -1,8 +1,12 @@
 """Under mpiexec, 1 server + 2 and + 4 workers: every push is applied exactly once."""
 
 import pytest
+import torch
 
 from mpi_run import run_mpi
+
+# server_device='auto': the server computes in the window unless it has a GPU
+SERVER_DEVICE = "cuda:0 (staged)" if torch.cuda.is_available() else "cpu (window)"
 
 
 def _check_conserved(res, workers):
@@ -12,6 +16,7 @@ def _check_conserved(res, workers):
         assert r["conserved"], f"worker {r['rank']}: max |w - (w0 - sum g)| = {r['max_diff']}"
         assert r["server_updates"] == r["expected_updates"]
         assert r["finite"] and r["size"] == workers and r["is_sgd"]
+        assert r["stats"]["server_device"] == SERVER_DEVICE and not r["stats"]["staged"]
     return results
 
 

@@ -210,6 +210,7 @@ def test_staged_conservation(tmp_path, variant):
     res = run_mpi(3, "conservation.py", "--variant", variant, out_dir=tmp_path,
                   env={**STAGED, "HVD_DC_LOG_LEVEL": "INFO"}).check()
     for r in _conserved(res, 2).values():
+        assert r["stats"]["server_device"] == "cpu (staged)"
         # no gradient was edited after backward: every push used the copies made during it
         assert r["stats"]["pushes_copied_during_backward"] == r["steps"]
         assert r["stats"]["pushes_copied_at_step"] == 0
@@ -264,3 +265,19 @@ def test_staged_sparse_gradients_and_an_unused_parameter(tmp_path):
     for r in res.results().values():
         assert r["sparse_ok"] and r["unused_unchanged"] and r["model_unchanged_after_raise"]
         assert "the server rejected it and the model was not changed" in r["raised"]
+
+
+def test_staged_resumed_trajectory_bit_matches_an_uninterrupted_run(tmp_path):
+    """A staged server's restore must also refill the reply areas the workers start from."""
+    args = ("--mode", "trajectory", "--steps", "60", "--every", "10")
+
+    def run(name, ckpt, env=None):
+        return run_mpi(2, "resume.py", "--ckpt", str(tmp_path / ckpt), *args, out_dir=tmp_path / name,
+                       env={**STAGED, **(env or {})}, timeout=150)
+
+    whole = run("whole", "whole.pt").check()
+    crashed = run("run", "ck.pt", {"HVD_DC_FAULT": "kill_server_mid_update:37"})
+    assert crashed.returncode != 0
+    r = run("restart", "ck.pt").check().results()[0]
+    assert 30 <= r["start"] < 37
+    assert r["final"] == whole.results()[0]["final"]
