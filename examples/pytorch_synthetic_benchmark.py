@@ -51,12 +51,19 @@ def main():
     p.add_argument("--num-iters", type=int, default=10)
     p.add_argument("--fp16-allreduce", action="store_true", help="fp16 gradients on the wire (Compression.fp16)")
     p.add_argument("--dc-variant", default="adaptive", choices=["adaptive", "constant", "none"])
+    p.add_argument("--no-cuda", action="store_true", help="train on the CPU even where CUDA is available")
     args = p.parse_args()
+    args.cuda = not args.no_cuda and torch.cuda.is_available()
 
     hvd.init()
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    if args.cuda:
+        torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
+    else:
+        torch.set_num_threads(1)
     model = build_model(args.model, args.width, args.image_size, 1000)
+    if args.cuda:
+        model.cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001)
     compression = hvd.Compression.fp16 if args.fp16_allreduce else hvd.Compression.none
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -64,6 +71,8 @@ def main():
                                            compression=compression, dc_variant=args.dc_variant)
     data = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     target = torch.randint(0, 1000, (args.batch_size,))
+    if args.cuda:
+        data, target = data.cuda(), target.cuda()
 
     def benchmark_step():
         optimizer.zero_grad()
@@ -77,7 +86,7 @@ def main():
 
     nparams = sum(q.numel() for q in model.parameters())
     log(f"Model: {args.model} ({nparams / 1e6:.2f} M parameters), batch size {args.batch_size}, "
-        f"{hvd.size()} workers, DC variant {args.dc_variant}")
+        f"{hvd.size()} workers, DC variant {args.dc_variant}, {'CUDA' if args.cuda else 'CPU'}")
     timeit.timeit(benchmark_step, number=args.num_warmup_batches)
     img_secs = []
     for x in range(args.num_iters):

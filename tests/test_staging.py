@@ -281,3 +281,37 @@ def test_staged_resumed_trajectory_bit_matches_an_uninterrupted_run(tmp_path):
     r = run("restart", "ck.pt").check().results()[0]
     assert 30 <= r["start"] < 37
     assert r["final"] == whole.results()[0]["final"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.parametrize("wire_fp16", [False, True])
+def test_cuda_staging_copies_during_backward_match_the_gradients(wire_fp16):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)).cuda()
+    params = list(model.parameters())
+    layout = FlatLayout([ParamInfo(f"p{i}", tuple(p.shape), "float32", 0) for i, p in enumerate(params)],
+                        wire_fp16=wire_fp16)
+    st = DeviceStaging(layout, torch.device("cuda", torch.cuda.current_device()),
+                       torch.zeros(layout.wire_nbytes, dtype=torch.uint8, pin_memory=True),
+                       torch.zeros(layout.nbytes, dtype=torch.uint8, pin_memory=True), wire_fp16)
+    with torch.no_grad():
+        for view, p in zip(st.weight_views, params):
+            view.copy_(p)
+    for p, wv, gv in zip(params, st.weight_views, st.grad_views):
+        p.data, p.grad = wv, gv
+    for i, p in enumerate(params):
+        p.register_post_accumulate_grad_hook(lambda _p, i=i: st.stage_parameter(i))
+    for step in range(3):
+        st.grads.zero_()
+        model(torch.randn(32, 64, device="cuda")).square().mean().backward()
+        st.gradients_to_host()
+        assert st.eager_pushes == step + 1
+        wire = torch.float16 if wire_fp16 else torch.float32
+        for host, dev in zip(layout.param_views(st.host_grad, wire=True), st.grad_views):
+            assert torch.equal(host, dev.to(wire).cpu())
+        # the server's reply: the next forward must see it without a host wait
+        for view in layout.param_views(st.host_weights):
+            view.fill_(float(step))
+        st.before_host_weights_written()
+        st.weights_to_device()
+        assert all(bool((p == float(step)).all()) for p in params)
