@@ -126,7 +126,7 @@ def apply_rows(device: torch.device, sizes: List[int], repeats: int) -> List[dic
             "apply_from_host_s": host_s, "apply_from_host_updates_per_s": 1 / host_s,
             "finite": state.summary()["finite"],
         })
-        del state, wire_dev, wire_host, src, dst
+        state = wire_dev = wire_host = src = dst = None  # free this size's buffers before the next
     return rows
 
 

@@ -7,7 +7,6 @@ seconds, then counts the steps that complete in the next ``--window`` seconds.
 """
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
