@@ -26,10 +26,8 @@ Run: ``python benchmarks/gpu.py [--quick] [--device cpu] [--parts apply,staging,
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, List
 
@@ -52,18 +50,9 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
-    """Median seconds of ``fn()``, the device synchronised around each call."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``fn()`` including the device work it queued: every call, warm-up
+    included, ends with a device synchronisation, so the next one starts on an idle device."""
+    return common.median_time(lambda: (fn(), sync(device)), repeats, warmup=warmup)
 
 
 # -- 1. apply ----------------------------------------------------------------------------------
@@ -108,16 +97,12 @@ def apply_rows(device: torch.device, sizes: List[int], repeats: int) -> List[dic
         state, wire_dev, wire_host, hyper = make_state(n, device, workers=4)
         k = [0]
 
-        def apply_device():
+        def apply(wire):
             k[0] = (k[0] + 1) % 4
-            state.apply_push(k[0], wire_dev, hyper, pull=True)
+            state.apply_push(k[0], wire, hyper, pull=True)
 
-        def apply_host():
-            k[0] = (k[0] + 1) % 4
-            state.apply_push(k[0], wire_host, hyper, pull=True)
-
-        dev_s = timed(apply_device, device, repeats)
-        host_s = timed(apply_host, device, repeats)
+        dev_s = timed(lambda: apply(wire_dev), device, repeats)
+        host_s = timed(lambda: apply(wire_host), device, repeats)
         eff = BYTES_PER_ELEMENT_APPLY * n / dev_s
         rows.append({
             "params": n, "d2d_copy_s": copy_s, "d2d_copy_GBps": copy_GBps,
@@ -164,31 +149,23 @@ def staging_row(device: torch.device, params_target: int, batch: int, repeats: i
         st.grads.zero_()
         model(x).square().mean().backward()
 
-    def copies_only():
-        st.gradients_to_host()  # no parameter staged: the full copy
+    def exchange_copies():
+        st.gradients_to_host()  # the full copy unless the hooks below staged every gradient
         st.before_host_weights_written()
         st.weights_to_device()
 
     alone_s = timed(fwd_bwd, device, repeats)
-    copies_s = timed(copies_only, device, repeats)
+    copies_s = timed(exchange_copies, device, repeats)
     hooks = [p.register_post_accumulate_grad_hook(lambda _p, i=i: st.stage_parameter(i)) for i, p in enumerate(params)]
-
-    def staged_step():
-        fwd_bwd()
-        st.gradients_to_host()
-        st.before_host_weights_written()
-        st.weights_to_device()
-
-    staged_s = timed(staged_step, device, repeats)
+    staged_s = timed(lambda: (fwd_bwd(), exchange_copies()), device, repeats)
     for h in hooks:
         h.remove()
-    eager = st.eager_pushes
     return {
         "params": n, "batch": batch, "grad_MB": layout.wire_nbytes / 1e6, "weights_MB": layout.nbytes / 1e6,
         "copies_only_s": copies_s, "copies_GBps": (layout.wire_nbytes + layout.nbytes) / copies_s,
         "fwd_bwd_s": alone_s, "fwd_bwd_plus_staging_s": staged_s,
         "staging_overhead_s": staged_s - alone_s, "staging_overhead_fraction": (staged_s - alone_s) / alone_s,
-        "eager_pushes": eager,
+        "eager_pushes": st.eager_pushes,
     }
 
 

@@ -407,16 +407,18 @@ class DCWorker:
                 p.data = view
 
     def _bind_grads(self) -> None:
-        fp16 = self.spec.compression == "fp16"
         if self.staging is not None:
-            self._grad_buffer = self.staging.grads  # the staging rounds to the wire dtype itself
-            fp16 = False
+            # the staging owns the device gradient buffer and rounds to the wire dtype itself
+            self._grad_buffer = self.staging.grads
+            self._grad_views = self.staging.grad_views
+            self._wire_segments = None
         else:
+            fp16 = self.spec.compression == "fp16"
             self._grad_buffer = torch.zeros(self.layout.nbytes, dtype=torch.uint8) if fp16 else self.channel.grad_area
+            self._grad_views = self.layout.param_views(self._grad_buffer)
+            self._grad_segments = self.layout.segment_views(self._grad_buffer)
+            self._wire_segments = self.layout.segment_views(self.channel.grad_area, wire=True) if fp16 else None
         self._grad_buffer.zero_()
-        self._grad_views = self.layout.param_views(self._grad_buffer)
-        self._grad_segments = self.layout.segment_views(self._grad_buffer)
-        self._wire_segments = self.layout.segment_views(self.channel.grad_area, wire=True) if fp16 else None
         with torch.no_grad():
             for p, view in zip(self.params, self._grad_views):
                 if p.grad is not None:

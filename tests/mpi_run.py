@@ -76,3 +76,15 @@ def run_mpi(n: int, script: str, *args: str, out_dir: Path, timeout: float = 120
             f"HANG: {' '.join(cmd)} did not finish within {timeout} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
         ) from None
     return MpiResult(proc.returncode, stdout, stderr, out_dir)
+
+
+def conserved_results(res: MpiResult, workers: int) -> Dict[int, dict]:
+    """The results of ``mpi_scripts/conservation.py``, after checking what every run of it
+    must show: every worker reported, and every accepted push was applied exactly once."""
+    results = res.results()
+    assert sorted(results) == list(range(workers)), res.stderr
+    for r in results.values():
+        assert r["conserved"], f"worker {r['rank']}: max |w - (w0 - sum g)| = {r['max_diff']}"
+        assert r["server_updates"] == r["expected_updates"]
+        assert r["finite"] and r["size"] == workers and r["is_sgd"]
+    return results
