@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-from hvd_dc.layout import FlatLayout, ModelSpec, ParamInfo, dtype_name, read_hyperparameters, scalar_hyperparameters  # noqa: E402
+from hvd_dc.dc_math import DCOptions  # noqa: E402
+from hvd_dc.layout import FlatLayout, ModelSpec, ParamInfo, dtype_name, read_hyperparameters  # noqa: E402
 from hvd_dc.server_state import ServerState  # noqa: E402
 from hvd_dc.staging import DeviceStaging  # noqa: E402
 
@@ -63,14 +64,11 @@ def make_state(n: int, device: torch.device, workers: int):
     momentum 0.9), a random gradient on the device, and the same in pageable host memory
     (the window is not page-locked)."""
     shapes = [(n // 4,)] * 3 + [(n - 3 * (n // 4),)]
-    spec_params = [ParamInfo(f"p{i}", s, "float32", 0) for i, s in enumerate(shapes)]
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05, momentum=0.9)
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    spec = ModelSpec(params=spec_params, optimizer_class=("torch.optim", "SGD"), defaults=dict(opt.defaults),
-                     groups=groups, hyper_slots=scalar_hyperparameters(groups), dc_variant="adaptive",
-                     dc_lambda=2.0, dc_momentum=0.95, dc_eps=1e-7, dc_mean_square="per_worker", compression="none",
-                     num_workers=workers)
-    layout = FlatLayout(spec_params)
+    params = [torch.nn.Parameter(torch.empty(s, device="meta")) for s in shapes]  # shapes only, no memory
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    spec = ModelSpec.from_optimizer(opt, workers, names=[f"p{i}" for i in range(len(shapes))],
+                                    dc=DCOptions.create("adaptive", 2.0))
+    layout = spec.layout()
     g = torch.Generator().manual_seed(0)
     initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
     for seg in layout.segment_views(initial):
@@ -83,7 +81,7 @@ def make_state(n: int, device: torch.device, workers: int):
         seg.copy_(torch.randn(seg.numel(), generator=g) * 1e-3)
     wire_dev = [seg.to(device, copy=True) for seg in wire_host]
     hyper = [0.0] * len(spec.hyper_slots)
-    read_hyperparameters(groups, spec.hyper_slots, hyper)
+    read_hyperparameters(spec.groups, spec.hyper_slots, hyper)
     return state, wire_dev, wire_host, hyper
 
 

@@ -9,24 +9,29 @@ Public API, flat as in ``horovod.torch``::
 Module map (each module's docstring says what it owns):
 
 * :mod:`hvd_dc.dc_math`      pure delay-compensation math, no MPI
+* :mod:`hvd_dc.kernels`      the fused C kernels of the server's update
 * :mod:`hvd_dc.layout`       flat-buffer layout, model description and comparison
-* :mod:`hvd_dc.protocol`     the one-sided MPI window protocol
+* :mod:`hvd_dc.protocol`     the worker/server contract: tags, messages, windows
+* :mod:`hvd_dc.handshake`    start-up: agreeing on a model and registering it
 * :mod:`hvd_dc.server_state` Algorithm 2 on the server's buffers, no MPI
 * :mod:`hvd_dc.server`       the server loop on world rank 0
-* :mod:`hvd_dc.worker`       the worker's optimizer
-* :mod:`hvd_dc.runtime`      init/shutdown, roles, ranks
+* :mod:`hvd_dc.worker`       the worker's optimizer and its step path
+* :mod:`hvd_dc.worker_buffers` the model's parameters and gradients in flat buffers
+* :mod:`hvd_dc.devices`, :mod:`hvd_dc.staging` devices; CUDA models staged through host memory
+* :mod:`hvd_dc.runtime`      init/shutdown, roles, ranks; :mod:`hvd_dc.context` what init set up
+* :mod:`hvd_dc.settings`     every ``HVD_DC_*`` variable, read once at init
+* :mod:`hvd_dc.waiting`      every wait on another rank: bounded, naming the rank
 * :mod:`hvd_dc.collectives`  worker collectives (metrics, broadcasts) with timeouts
+* :mod:`hvd_dc.checkpoint`   the server's atomic checkpoints
+* :mod:`hvd_dc.stats`        staleness record and histogram statistics
 * :mod:`hvd_dc.interop`      the workers' communicator for Horovod; :mod:`hvd_dc.horovod` ports a Horovod script
 * :mod:`hvd_dc.metrics`      server/worker staleness statistics, JSONL and TensorBoard output
 * :mod:`hvd_dc.report`       ``python -m hvd_dc.report METRICS.jsonl``: PNG plots
-* :mod:`hvd_dc.launch`       ``hvd-dc-run``: launcher flags, environment, /dev/shm check
+* :mod:`hvd_dc.launch`       ``hvd-dc-run``: launcher flags, environment; :mod:`hvd_dc.host_checks` /dev/shm, world size
 * :mod:`hvd_dc.install_horovod` ``hvd-dc-install-horovod``: Horovod 0.28.1 built with C++17
 """
 
 from __future__ import annotations
-
-import logging as _logging
-import os as _os
 
 from .collectives import (
     Adasum,
@@ -87,18 +92,3 @@ __all__ = [
     "__version__",
 ]
 
-
-def _configure_logging() -> None:
-    """Send hvd_dc's log records to stderr, at $HVD_DC_LOG_LEVEL (default WARNING),
-    unless the application configured logging itself."""
-    logger = _logging.getLogger("hvd_dc")
-    level = _os.environ.get("HVD_DC_LOG_LEVEL", "WARNING").upper()
-    logger.setLevel(level)
-    if not logger.handlers and not _logging.getLogger().handlers:
-        handler = _logging.StreamHandler()
-        handler.setFormatter(_logging.Formatter("hvd_dc %(name)s %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
-_configure_logging()

@@ -3,8 +3,8 @@
 A checkpoint holds everything :class:`~hvd_dc.server_state.ServerState` needs to continue
 the same trajectory: the master weights, every worker's backup ``w_bak(m)``, the
 MeanSquare buffers, the wrapped optimizer's ``state_dict()`` (momentum buffers, Adam
-moments, the current lr), the update/push/staleness counters, and a description of the
-model that is checked on load.
+moments, the current lr), the update/push counters, the staleness record (one histogram per
+worker), and a description of the model that is checked on load.
 
 * Format: a ``torch.save`` file of tensors, numbers, strings, lists and dicts only, so it
   loads with ``torch.load(weights_only=True)``; no pickled classes.
@@ -27,7 +27,10 @@ from .fault_injection import fault_point
 
 __all__ = ["FORMAT", "save_atomic", "load", "snapshot", "restore", "CheckpointMismatch"]
 
-FORMAT = "hvd_dc.checkpoint/1"
+FORMAT = "hvd_dc.checkpoint/2"
+#: Formats :func:`load` reads. Version 1 had no per-worker staleness record: a resume from
+#: it starts the staleness statistics afresh.
+READABLE_FORMATS = ("hvd_dc.checkpoint/1", FORMAT)
 
 
 class CheckpointMismatch(RuntimeError):
@@ -60,7 +63,7 @@ def save_atomic(obj: Dict[str, Any], path: str) -> None:
 def load(path: str) -> Dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)`` and check its format."""
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+    if not isinstance(obj, dict) or obj.get("format") not in READABLE_FORMATS:
         raise CheckpointMismatch(f"{path} is not an hvd_dc checkpoint (format {FORMAT})")
     return obj
 
@@ -70,8 +73,8 @@ def _describe(state) -> Dict[str, Any]:
     return {
         "params": [[p.name, list(p.shape), p.dtype, p.group] for p in spec.params],
         "optimizer_class": ".".join(spec.optimizer_class),
-        "dc_variant": spec.dc_variant,
-        "dc_mean_square": spec.dc_mean_square,
+        "dc_variant": spec.dc.variant.label,
+        "dc_mean_square": spec.dc.mean_square,
     }
 
 
@@ -98,9 +101,7 @@ def snapshot(state, elapsed_s: float) -> Dict[str, Any]:
         "rejected": state.rejected.tolist(),
         "pulls": state.pulls.tolist(),
         "updates_at_pull": state.updates_at_pull.tolist(),
-        "staleness_sum": state.staleness_sum.tolist(),
-        "staleness_max": state.staleness_max.tolist(),
-        "staleness_hist": {int(k): int(v) for k, v in state.staleness_hist.items()},
+        "staleness": state.staleness.to_lists(),
     }
 
 
@@ -132,9 +133,10 @@ def restore(state, ckpt: Dict[str, Any], path: str) -> Optional[str]:
         for key, bufs in ckpt["mean_square"].items():
             for t, saved in zip(comp.mean_square[int(key)], bufs):
                 t.copy_(saved)
-        for name in ("accepted", "rejected", "pulls", "updates_at_pull", "staleness_sum", "staleness_max"):
+        for name in ("accepted", "rejected", "pulls", "updates_at_pull"):
             getattr(state, name)[:] = np.asarray(ckpt[name], dtype=np.int64)
-        state.staleness_hist = {int(k): int(v) for k, v in ckpt["staleness_hist"].items()}
+        if "staleness" in ckpt:
+            state.staleness.load_lists(ckpt["staleness"])
         state.refresh_replies()
         return None
     for b in state.backups:

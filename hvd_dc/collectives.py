@@ -1,10 +1,11 @@
-"""Collectives among the workers (metrics, broadcasts) and MPI waits with timeouts.
+"""Collectives among the workers (metrics, broadcasts), each wait bounded by the timeout.
 
 These are the synchronous, Horovod-shaped helpers that scripts use around training:
 ``allreduce``, ``allgather``, ``broadcast``, ``broadcast_parameters``,
 ``broadcast_optimizer_state``, ``broadcast_object``, ``barrier``. They run on the
 workers' communicator (the server takes no part) with non-blocking MPI requests polled
-against a deadline, so a worker that never arrives turns into an error instead of a hang.
+against a deadline (:func:`hvd_dc.waiting.wait_request`), so a worker that never arrives
+turns into an error instead of a hang.
 Training itself never calls them: gradients go through the one-sided window protocol.
 """
 
@@ -12,15 +13,15 @@ from __future__ import annotations
 
 import enum
 import pickle
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
 from .compression import Compression, compression_name
-from .runtime import context
-from .waiting import Backoff, Deadline, HvdDcTimeout
+from .context import current as context
+from .waiting import wait_request
 
 __all__ = [
     "ReduceOp",
@@ -40,8 +41,6 @@ __all__ = [
     "broadcast_parameters",
     "broadcast_optimizer_state",
     "barrier",
-    "wait_request",
-    "recv_with_timeout",
 ]
 
 
@@ -72,30 +71,6 @@ _MPI_OPS = {
 }
 
 
-# -- waits ------------------------------------------------------------------------------
-
-
-def wait_request(request: MPI.Request, timeout: Optional[float], describe: Callable[[], str]) -> None:
-    """Complete ``request`` or raise :class:`HvdDcTimeout` with ``describe()``."""
-    deadline = Deadline(timeout)
-    backoff = Backoff()
-    while not request.Test():
-        if deadline.expired():
-            raise HvdDcTimeout(describe())
-        backoff.wait()
-
-
-def recv_with_timeout(comm: MPI.Comm, source: int, tag: int, timeout: Optional[float], describe: Callable[[], str]) -> Any:
-    """Receive one pickled message from ``source`` or time out naming it."""
-    deadline = Deadline(timeout)
-    backoff = Backoff()
-    while not comm.Iprobe(source=source, tag=tag):
-        if deadline.expired():
-            raise HvdDcTimeout(describe())
-        backoff.wait()
-    return comm.recv(source=source, tag=tag)
-
-
 def _collective_timeout(what: str, name: Optional[str]) -> Callable[[], str]:
     ctx = context()
 
@@ -103,7 +78,7 @@ def _collective_timeout(what: str, name: Optional[str]) -> Callable[[], str]:
         label = f"{what}(name={name!r})" if name else what
         return (
             f"worker {ctx.workers.Get_rank()}: {label} among {ctx.workers.Get_size()} workers did not complete "
-            f"within {ctx.timeout:g} s: at least one worker did not reach it (set HVD_DC_TIMEOUT to wait longer)"
+            f"within {ctx.settings.timeout:g} s: at least one worker did not reach it (set HVD_DC_TIMEOUT to wait longer)"
         )
 
     return describe
@@ -168,7 +143,7 @@ def allreduce(
     if n > 1 and host.numel() > 0:
         arr = host.numpy()
         req = ctx.workers.Iallreduce(MPI.IN_PLACE, arr, op=_MPI_OPS[op])
-        wait_request(req, ctx.timeout, _collective_timeout("allreduce", name))
+        wait_request(req, ctx.settings.timeout, _collective_timeout("allreduce", name))
     result = comp.decompress(host.to(work.dtype), cctx)
     if op == ReduceOp.AVERAGE:
         if result.dtype.is_floating_point or result.is_complex():
@@ -190,7 +165,6 @@ def allreduce_(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
 def allgather(tensor: torch.Tensor, name: Optional[str] = None, process_set: Any = None) -> torch.Tensor:
     """Concatenate every worker's ``tensor`` along dimension 0 (first dims may differ)."""
     _check_process_set(process_set)
-    ctx = context()
     host = _to_host(tensor)
     if host.dim() == 0:
         host = host.reshape(1)
@@ -206,11 +180,11 @@ def allgather_object(obj: Any, name: Optional[str] = None, process_set: Any = No
     n = ctx.workers.Get_size()
     sizes = np.zeros(n, dtype=np.int64)
     req = ctx.workers.Iallgather(np.array([payload.size], dtype=np.int64), sizes)
-    wait_request(req, ctx.timeout, _collective_timeout("allgather", name))
+    wait_request(req, ctx.settings.timeout, _collective_timeout("allgather", name))
     displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     out = np.empty(int(sizes.sum()), dtype=np.uint8)
     req = ctx.workers.Iallgatherv(payload, [out, sizes, displs, MPI.BYTE])
-    wait_request(req, ctx.timeout, _collective_timeout("allgather", name))
+    wait_request(req, ctx.settings.timeout, _collective_timeout("allgather", name))
     return [pickle.loads(out[d : d + s].tobytes()) for d, s in zip(displs, sizes)]
 
 
@@ -224,7 +198,7 @@ def _bcast_buffer(arr: np.ndarray, root_rank: int, what: str, name: Optional[str
     ctx = context()
     if ctx.workers.Get_size() > 1 and arr.size > 0:
         req = ctx.workers.Ibcast(arr, root=root_rank)
-        wait_request(req, ctx.timeout, _collective_timeout(what, name))
+        wait_request(req, ctx.settings.timeout, _collective_timeout(what, name))
 
 
 def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None, process_set: Any = None) -> torch.Tensor:
@@ -305,4 +279,4 @@ def barrier(process_set: Any = None) -> None:
     _check_process_set(process_set)
     ctx = context()
     if ctx.workers.Get_size() > 1:
-        wait_request(ctx.workers.Ibarrier(), ctx.timeout, _collective_timeout("barrier", None))
+        wait_request(ctx.workers.Ibarrier(), ctx.settings.timeout, _collective_timeout("barrier", None))

@@ -39,13 +39,17 @@ scratch allocated once per segment (no allocation per update).
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 __all__ = [
+    "DCVariant",
+    "DCOptions",
     "VARIANTS",
     "PAPER_LAMBDA",
     "default_lambda",
@@ -55,6 +59,29 @@ __all__ = [
     "exact_sqrt_",
 ]
 
+
+class DCVariant(enum.IntEnum):
+    """Which ``lambda_t`` (the module docstring); the value is the fused kernels' code."""
+
+    NONE = 0
+    CONSTANT = 1
+    ADAPTIVE = 2
+
+    @property
+    def label(self) -> str:
+        """The name users pass as ``dc_variant``."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: Union[str, "DCVariant"]) -> "DCVariant":
+        if isinstance(value, cls):
+            return value
+        for v in cls:
+            if v.label == value:
+                return v
+        raise ValueError(f"dc_variant must be one of {', '.join(repr(v) for v in VARIANTS)}; got {value!r}")
+
+
 #: Accepted values of ``dc_variant``.
 VARIANTS = ("adaptive", "constant", "none")
 
@@ -62,9 +89,62 @@ VARIANTS = ("adaptive", "constant", "none")
 PAPER_LAMBDA = {"constant": 0.04, "adaptive": 2.0, "none": 0.0}
 
 
-def default_lambda(variant: str) -> float:
+def default_lambda(variant: Union[str, DCVariant]) -> float:
     """The paper's lambda0 for ``variant`` (0.04 constant, 2.0 adaptive, 0 for none)."""
-    return PAPER_LAMBDA[variant]
+    return PAPER_LAMBDA[DCVariant.parse(variant).label]
+
+
+@dataclasses.dataclass(frozen=True)
+class DCOptions:
+    """The delay-compensation options of one served model, checked once by :meth:`create`.
+
+    ``momentum`` and ``eps`` are the adaptive variant's MeanSquare momentum ``m`` and
+    epsilon; ``mean_square`` is ``"per_worker"`` (one MeanSquare per worker, as the
+    authors' server kept) or ``"global"``.
+    """
+
+    variant: DCVariant = DCVariant.ADAPTIVE
+    lambda0: float = 2.0
+    momentum: float = 0.95
+    eps: float = 1e-7
+    mean_square: str = "per_worker"
+
+    @classmethod
+    def create(
+        cls,
+        variant: Union[str, DCVariant] = "adaptive",
+        dc_lambda: Optional[float] = None,
+        momentum: float = 0.95,
+        eps: float = 1e-7,
+        mean_square: str = "per_worker",
+    ) -> "DCOptions":
+        """Check the user's options (``ValueError`` naming the bad one); ``dc_lambda=None``
+        selects the paper's value for the variant."""
+        v = DCVariant.parse(variant)
+        lam = default_lambda(v) if dc_lambda is None else dc_lambda
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+            raise ValueError(f"dc_lambda must be a real number or None; got {dc_lambda!r}")
+        lam = float(lam)
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"dc_lambda must be finite and >= 0; got {dc_lambda!r}")
+        if v is DCVariant.NONE and lam != 0.0:
+            raise ValueError(f"dc_variant='none' is plain ASGD and takes no dc_lambda; got {dc_lambda!r}")
+        if isinstance(momentum, bool) or not (isinstance(momentum, (int, float)) and 0.0 <= float(momentum) < 1.0):
+            raise ValueError(f"dc_momentum must be in [0, 1); got {momentum!r}")
+        if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"dc_eps must be a finite number > 0; got {eps!r}")
+        if mean_square not in ("per_worker", "global"):
+            raise ValueError(f"dc_mean_square must be 'per_worker' or 'global'; got {mean_square!r}")
+        return cls(v, lam, float(momentum), float(eps), mean_square)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.variant is DCVariant.ADAPTIVE
+
+    def as_arguments(self) -> Dict[str, Any]:
+        """The options under the names ``DistributedDCOptimizer`` takes them."""
+        return {"dc_variant": self.variant.label, "dc_lambda": self.lambda0, "dc_momentum": self.momentum,
+                "dc_eps": self.eps, "dc_mean_square": self.mean_square}
 
 
 def validate_dc_options(
@@ -74,36 +154,16 @@ def validate_dc_options(
     dc_eps: float,
     mean_square: str = "per_worker",
 ) -> float:
-    """Check the delay-compensation options and return the effective lambda0.
-
-    Raises ``ValueError`` naming the bad option. ``dc_lambda=None`` selects the paper's value.
-    """
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"dc_variant must be one of {', '.join(repr(v) for v in VARIANTS)}; got {variant!r}"
-        )
-    lam = default_lambda(variant) if dc_lambda is None else dc_lambda
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
-        raise ValueError(f"dc_lambda must be a real number or None; got {dc_lambda!r}")
-    lam = float(lam)
-    if not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"dc_lambda must be finite and >= 0; got {dc_lambda!r}")
-    if variant == "none" and lam != 0.0:
-        raise ValueError(f"dc_variant='none' is plain ASGD and takes no dc_lambda; got {dc_lambda!r}")
-    if not (isinstance(dc_momentum, (int, float)) and 0.0 <= float(dc_momentum) < 1.0):
-        raise ValueError(f"dc_momentum must be in [0, 1); got {dc_momentum!r}")
-    if not (isinstance(dc_eps, (int, float)) and math.isfinite(dc_eps) and dc_eps > 0):
-        raise ValueError(f"dc_eps must be a finite number > 0; got {dc_eps!r}")
-    if mean_square not in ("per_worker", "global"):
-        raise ValueError(f"dc_mean_square must be 'per_worker' or 'global'; got {mean_square!r}")
-    return lam
+    """Check the delay-compensation options and return the effective lambda0
+    (:meth:`DCOptions.create`, for callers that want the number only)."""
+    return DCOptions.create(variant, dc_lambda, dc_momentum, dc_eps, mean_square).lambda0
 
 
 def compensate_reference(
     grad: torch.Tensor,
     weights: torch.Tensor,
     backup: torch.Tensor,
-    variant: str,
+    variant: Union[str, DCVariant],
     lambda0: float,
     mean_square: Optional[torch.Tensor] = None,
     momentum: float = 0.95,
@@ -114,17 +174,16 @@ def compensate_reference(
     ``mean_square`` (adaptive only) is updated in place. Allocates freely; meant for
     reading and for cross-checking :class:`DelayCompensator`, not for the hot path.
     """
-    if variant == "none":
+    variant = DCVariant.parse(variant)
+    if variant is DCVariant.NONE:
         return grad.clone()
-    if variant == "constant":
+    if variant is DCVariant.CONSTANT:
         lam = lambda0
-    elif variant == "adaptive":
+    else:
         if mean_square is None:
             raise ValueError("the adaptive variant needs a mean_square buffer")
         mean_square.copy_((momentum * mean_square) + ((1.0 - momentum) * (grad * grad)))
         lam = lambda0 / exact_sqrt_(mean_square + eps)
-    else:
-        raise ValueError(f"unknown dc variant {variant!r}")
     return grad + (((lam * grad) * grad) * (weights - backup))
 
 
@@ -132,8 +191,8 @@ class DelayCompensator:
     """Vectorised DC-ASGD compensation over flat tensors, one call per dtype segment.
 
     It owns the MeanSquare buffers of the adaptive variant: one per worker
-    (``mean_square="per_worker"``, the default and what the authors' server did) or one
-    shared by all workers (``"global"``), allocated at construction. Two work buffers per
+    (``options.mean_square="per_worker"``, the default and what the authors' server did)
+    or one shared by all workers (``"global"``), allocated at construction. Two work buffers per
     segment are allocated on that segment's first :meth:`compensate` and reused; after that
     it allocates nothing.
 
@@ -144,21 +203,18 @@ class DelayCompensator:
 
     def __init__(
         self,
-        variant: str,
-        lambda0: float,
+        options: DCOptions,
         num_workers: int,
         segment_sizes: Sequence[int],
         dtypes: Sequence[torch.dtype],
-        momentum: float = 0.95,
-        eps: float = 1e-7,
-        mean_square: str = "per_worker",
         device: torch.device | str = "cpu",
     ) -> None:
-        self.lambda0 = validate_dc_options(variant, lambda0, momentum, eps, mean_square)
-        self.variant = variant
-        self.momentum = float(momentum)
-        self.eps = float(eps)
-        self.mean_square_mode = mean_square
+        self.options = options
+        self.variant = options.variant
+        self.lambda0 = options.lambda0
+        self.momentum = options.momentum
+        self.eps = options.eps
+        self.mean_square_mode = options.mean_square
         self.num_workers = int(num_workers)
         self._compute_dtypes = [_compute_dtype(dt) for dt in dtypes]
         self._sizes = list(segment_sizes)
@@ -168,8 +224,8 @@ class DelayCompensator:
         self._scratch: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self._sizes)
         self._lambda0_t = [torch.tensor(self.lambda0, dtype=cd, device=device) for cd in self._compute_dtypes]
         self.mean_square: Dict[int, list] = {}
-        if variant == "adaptive":
-            slots = range(self.num_workers) if mean_square == "per_worker" else [0]
+        if options.adaptive:
+            slots = range(self.num_workers) if options.mean_square == "per_worker" else [0]
             for slot in slots:
                 self.mean_square[slot] = [
                     torch.zeros(n, dtype=cd, device=device)
@@ -202,7 +258,7 @@ class DelayCompensator:
         ``grad``, ``weights``, ``backup`` and ``out`` are 1-D tensors of the segment's
         length; ``out`` may alias ``grad``. ``worker`` selects the MeanSquare buffer.
         """
-        if self.variant == "none":
+        if self.variant is DCVariant.NONE:
             if out.data_ptr() != grad.data_ptr():
                 out.copy_(grad)
             return
@@ -211,7 +267,7 @@ class DelayCompensator:
         w = weights if weights.dtype == cd else weights.to(cd)
         wb = backup if backup.dtype == cd else backup.to(cd)
         lam_g, drift = self._work_buffers(segment)
-        if self.variant == "constant":
+        if self.variant is DCVariant.CONSTANT:
             torch.mul(g, self.lambda0, out=lam_g)  # lam * g
         else:
             ms = self.mean_square_of(worker)[segment]

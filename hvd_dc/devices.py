@@ -9,35 +9,34 @@ This module owns the device decisions and nothing else (no MPI, no copies):
   the CPU.
 * :func:`worker_device` finds the one device a worker's trained parameters live on
   (CPU or CUDA) and refuses anything else with a message that names the parameter.
-* :func:`staging_forced` reads ``HVD_DC_STAGING``. The MPI windows always live in host
-  memory (RMA_NOTES.md: GPU memory as window memory is not dependable), so CUDA
+* :func:`is_staged` says whether a worker's model is staged. The MPI windows always live
+  in host memory (docs/DESIGN.md: GPU memory as window memory is not dependable), so CUDA
   parameters and a CUDA server are *staged*: the model lives in device buffers and is
-  copied to and from the host buffers that MPI reads and writes. ``HVD_DC_STAGING=always``
-  stages CPU parameters and a CPU server the same way, through separate CPU buffers; it
-  exists so that the staging logic runs, and is tested, on machines without a GPU.
+  copied to and from the host buffers that MPI reads and writes. The ``HVD_DC_STAGING``
+  setting ``"always"`` stages CPU parameters and a CPU server the same way, through
+  separate CPU buffers; it exists so that the staging logic runs, and is tested, on
+  machines without a GPU. The server follows the workers' setting (it travels in the
+  model's spec).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Iterable, Optional, Tuple
 
 import torch
 
-__all__ = ["SERVER_DEVICE_CHOICES", "parse_server_device", "resolve_server_device", "worker_device", "staging_forced"]
+__all__ = ["SERVER_DEVICE_CHOICES", "parse_server_device", "resolve_server_device", "worker_device", "is_staged"]
 
 SERVER_DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 _CUDA_INDEX = re.compile(r"cuda:(\d+)")
 
 
-def staging_forced() -> bool:
-    """True when ``HVD_DC_STAGING=always``: stage CPU parameters and a CPU server too."""
-    value = os.environ.get("HVD_DC_STAGING", "auto")
-    if value not in ("auto", "always"):
-        raise ValueError(f"HVD_DC_STAGING must be 'auto' or 'always'; got {value!r}")
-    return value == "always"
+def is_staged(device: torch.device, staging: str) -> bool:
+    """Whether a worker whose parameters live on ``device`` stages them (``staging``: the
+    ``HVD_DC_STAGING`` setting, ``"auto"`` or ``"always"``)."""
+    return device.type != "cpu" or staging == "always"
 
 
 def parse_server_device(option) -> str:
@@ -57,6 +56,7 @@ def parse_server_device(option) -> str:
 
 def resolve_server_device(
     option: str,
+    staging: str = "auto",
     cuda_available: Optional[bool] = None,
     device_count: Optional[int] = None,
     current_device: Optional[int] = None,
@@ -66,6 +66,7 @@ def resolve_server_device(
     None means the CPU with no staging: the server computes straight on window memory
     (its reply areas are the workers' backups). A ``torch.device`` means staged: master
     weights, backups and optimizer state live there and the window only carries copies.
+    ``staging``: the workers' ``HVD_DC_STAGING`` (``"always"`` stages a CPU server too).
     The CUDA facts default to this process's; tests pass them in.
     """
     option = parse_server_device(option)
@@ -74,7 +75,7 @@ def resolve_server_device(
     if option == "auto":
         option = "cuda" if cuda_available else "cpu"
     if option == "cpu":
-        return torch.device("cpu") if staging_forced() else None
+        return torch.device("cpu") if staging == "always" else None
     if not cuda_available:
         raise ValueError(
             f"server_device={option!r} but the parameter server (world rank 0) has no usable CUDA device "

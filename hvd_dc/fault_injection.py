@@ -9,7 +9,8 @@ reaches ``<point>`` (counted from 1). Points:
   file, before it is renamed (SIGKILL).
 * ``stall_server``: the server stops answering but stays alive (sleeps forever).
 
-Unset (the default), :func:`fault_point` costs one dictionary lookup. Meant for tests only.
+``hvd_dc.init`` arms the fault read from the settings (:func:`arm`). Unarmed (the
+default), :func:`fault_point` costs one comparison. Meant for tests only.
 """
 
 from __future__ import annotations
@@ -19,19 +20,17 @@ import signal
 import time
 from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["fault_point"]
+__all__ = ["arm", "fault_point"]
 
-
-def _parse() -> Optional[Tuple[str, int]]:
-    raw = os.environ.get("HVD_DC_FAULT", "")
-    if not raw:
-        return None
-    point, _, count = raw.partition(":")
-    return point, int(count or 1)
-
-
-_FAULT = _parse()
+_FAULT: Optional[Tuple[str, int]] = None
 _seen: Dict[str, int] = {}
+
+
+def arm(fault: Optional[Tuple[str, int]]) -> None:
+    """Trigger ``fault`` (``(point, n)``, from ``Settings.fault``) later; None disarms."""
+    global _FAULT
+    _FAULT = fault
+    _seen.clear()
 
 
 def fault_point(point: str, handle: Any = None) -> None:

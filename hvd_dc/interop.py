@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from mpi4py import MPI
 
-from .runtime import context, init as _hvd_dc_init
+from .context import current as context
+from .runtime import init as _hvd_dc_init
 
 __all__ = ["init_horovod", "worker_comm"]
 

@@ -3,7 +3,7 @@
 :mod:`hvd_dc._kernels` is built at install time when a C compiler is there; without it,
 or with ``HVD_DC_KERNELS=torch``, the server uses the torch path of
 :class:`hvd_dc.dc_math.DelayCompensator` and the wrapped optimizer, which gives the same
-bits more slowly. The kernels do in one pass over a float32/float64 segment what the torch
+bits more slowly (:mod:`hvd_dc.server_state` chooses, once per served model). The kernels do in one pass over a float32/float64 segment what the torch
 path does in eight to ten:
 
 * :func:`compensate`: ``out = g + lambda_t * g*g*(w - w_bak)`` (MeanSquare updated for
@@ -17,25 +17,25 @@ Every call checks dtypes, sizes and contiguity here, so the C code can trust its
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
+
+from .dc_math import DCVariant
 
 try:
     from . import _kernels as _ext
 except ImportError:  # no compiler at install time: the torch path serves
     _ext = None
 
-__all__ = ["available", "simd", "all_finite", "compensate", "sgd", "VARIANT_CODES", "FUSED_DTYPES"]
+__all__ = ["available", "simd", "all_finite", "compensate", "sgd", "FUSED_DTYPES"]
 
-VARIANT_CODES = {"none": 0, "constant": 1, "adaptive": 2}
 FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def available() -> bool:
-    """True when the extension is built and ``HVD_DC_KERNELS`` does not ask for torch."""
-    choice = os.environ.get("HVD_DC_KERNELS", "fused")
+def available(choice: str = "fused") -> bool:
+    """True when the extension is built and ``choice`` (the ``HVD_DC_KERNELS`` setting)
+    does not ask for the torch path."""
     if choice not in ("fused", "torch"):
         raise ValueError(f"HVD_DC_KERNELS must be 'fused' or 'torch'; got {choice!r}")
     return _ext is not None and choice == "fused"
@@ -69,17 +69,17 @@ def all_finite(t: torch.Tensor) -> bool:
     return _ext.all_finite(t.data_ptr(), t.numel(), t.dtype == torch.float64)
 
 
-def compensate(variant: str, g, w, wb, mean_square, out, lambda0: float, momentum: float, eps: float) -> None:
+def compensate(variant: DCVariant, g, w, wb, mean_square, out, lambda0: float, momentum: float, eps: float) -> None:
     """``out = g + lambda_t * g*g*(w - wb)``; ``mean_square`` updated (adaptive only)."""
     n = g.numel()
-    _check(g, w, wb, out, mean_square if variant == "adaptive" else None, dtype=g.dtype, n=n)
+    _check(g, w, wb, out, mean_square if variant is DCVariant.ADAPTIVE else None, dtype=g.dtype, n=n)
     _ext.compensate(
         g.dtype == torch.float64, n, g.data_ptr(), w.data_ptr(), wb.data_ptr(), _ptr(mean_square), out.data_ptr(),
-        VARIANT_CODES[variant], float(lambda0), float(momentum), float(eps),
+        int(variant), float(lambda0), float(momentum), float(eps),
     )
 
 
-def sgd(variant: str, g, w, wb, mean_square, momentum_buffer, copy, lambda0: float, ms_momentum: float, eps: float,
+def sgd(variant: DCVariant, g, w, wb, mean_square, momentum_buffer, copy, lambda0: float, ms_momentum: float, eps: float,
         group: dict) -> None:
     """Compensate and apply ``torch.optim.SGD``'s step for ``group`` to ``w`` in place.
 
@@ -88,13 +88,13 @@ def sgd(variant: str, g, w, wb, mean_square, momentum_buffer, copy, lambda0: flo
     """
     n = g.numel()
     mom = float(group["momentum"])
-    _check(g, w, wb, copy, mean_square if variant == "adaptive" else None, momentum_buffer if mom else None,
+    _check(g, w, wb, copy, mean_square if variant is DCVariant.ADAPTIVE else None, momentum_buffer if mom else None,
            dtype=g.dtype, n=n)
     if mom and momentum_buffer is None:
         raise ValueError("the fused SGD step needs the momentum buffer of an earlier step")
     _ext.sgd(
         g.dtype == torch.float64, n, g.data_ptr(), w.data_ptr(), wb.data_ptr(), _ptr(mean_square),
-        _ptr(momentum_buffer) if mom else 0, _ptr(copy), VARIANT_CODES[variant], float(lambda0), float(ms_momentum),
+        _ptr(momentum_buffer) if mom else 0, _ptr(copy), int(variant), float(lambda0), float(ms_momentum),
         float(eps), float(group["lr"]), mom, float(group["dampening"]), float(group["weight_decay"]),
         bool(group["nesterov"]), bool(group.get("maximize", False)), False,
     )

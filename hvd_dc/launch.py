@@ -12,8 +12,10 @@ This wrapper does what is easy to get wrong by hand, then ``exec``\\ s the launc
   the parameter server, is the first task on the first node.
 * **environment**: ``OMP_NUM_THREADS`` (unless set) to cores per rank on the node, so the
   server's and workers' torch threads do not fight; MPICH's ``MPIR_CVAR_ASYNC_PROGRESS``
-  is left off (hvd_dc's ``Win.Allocate`` windows need no progress thread, and on a busy node
-  it halves rank 0's compute) unless ``--async-progress``; ``HVD_DC_*`` options from flags.
+  is left off unless ``--async-progress`` (on shared memory hvd_dc's ``Win.Allocate``
+  windows need no progress thread, and on a busy node it halves rank 0's compute; across
+  nodes without RDMA hardware transfers wait for the server to enter MPI, see
+  docs/DESIGN.md); ``HVD_DC_*`` options from flags.
 * **/dev/shm check**: the server's windows hold two model copies per worker in shared
   memory; a too-small ``/dev/shm`` (64 MB in many containers) kills the job with SIGBUS
   (MPICH) or a hang (Open MPI). ``--model-params`` makes the wrapper check it first.
@@ -33,6 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .host_checks import check_shm, check_world_size
+from .layout import FlatLayout, ParamInfo
+from .protocol import WindowLayout
+
 __all__ = [
     "main",
     "detect_mpi",
@@ -45,9 +51,6 @@ __all__ = [
 
 #: Variables hvd_dc and its MPI read; forwarded explicitly where the launcher does not.
 FORWARD_PREFIXES = ("HVD_DC_", "OMP_NUM_THREADS", "PYTHONPATH", "PYTHONUNBUFFERED", "MPIR_CVAR_", "OMPI_MCA_")
-
-_ALIGN = 64
-_META = 64
 
 
 def detect_mpi(mpiexec: str) -> str:
@@ -89,79 +92,18 @@ def local_mpiexec() -> List[str]:
     return [exe]
 
 
-def window_bytes(model_params: int, num_workers: int, bytes_per_param: int = 4, fp16_wire: bool = False) -> int:
+def window_bytes(model_params: int, num_workers: int, bytes_per_param: int = 4, fp16_wire: bool = False,
+                 hyper_slots: int = 16) -> int:
     """Bytes of the server's shared-memory windows for a model of ``model_params``
-    elements: per worker a push area (the gradient, in the wire dtype) and a reply area
-    (the weights), plus a few cache lines of metadata (see :mod:`hvd_dc.protocol`)."""
-    wire = model_params * (2 if fp16_wire else bytes_per_param)
-    weights = model_params * bytes_per_param
-
-    def align(n: int) -> int:
-        return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-    slot = align(_META + 8 * 16 + wire) + align(_META + weights)
-    return num_workers * (slot + 64)
-
-
-def check_shm(needed: int, path: str = "/dev/shm") -> Optional[str]:
-    """``None`` if ``path`` has ``needed`` bytes free (with 10 % headroom), else the error text."""
-    try:
-        usage = shutil.disk_usage(path)
-    except OSError:
-        return None  # no /dev/shm (macOS): MPI uses other shared memory
-    if usage.free >= needed * 1.1:
-        return None
-    return (
-        f"{path} has {usage.free / 2**20:.0f} MiB free but the parameter server's windows need "
-        f"{needed / 2**20:.0f} MiB (+10 %): the job would die with SIGBUS (MPICH) or hang (Open MPI). "
-        "Enlarge it (docker run --shm-size=8g; on a host: mount -o remount,size=8G /dev/shm) or run the "
-        "server on a node with more shared memory."
-    )
-
-
-def check_world_size(world_size: int, environ: Optional[Dict[str, str]] = None) -> Optional[str]:
-    """The launcher started ``N`` tasks but MPI sees a world of ``world_size``? Return why.
-
-    Catches Open MPI under ``srun`` without PMIx (every task becomes rank 0 of 1, and with
-    hvd_dc every task would train alone, silently), other launcher/MPI mismatches, and
-    ``horovodrun --gloo``, which starts no MPI job at all. ``HVD_DC_ALLOW_SINGLETON=1``
-    accepts a world of one anyway.
-    """
-    env = os.environ if environ is None else environ
-    if world_size != 1 or env.get("HVD_DC_ALLOW_SINGLETON") == "1":
-        return None
-    if env.get("HOROVOD_CONTROLLER") == "gloo" or "HOROVOD_GLOO_RENDEZVOUS_ADDR" in env:
-        return (
-            "hvd_dc needs an MPI world, but this process was started by horovodrun --gloo, which starts no "
-            "MPI job: launch with horovodrun --mpi, mpirun/mpiexec, or srun"
-        )
-    for var, launcher in (
-        ("SLURM_STEP_NUM_TASKS", "srun"),
-        ("SLURM_NTASKS", "srun"),
-        ("OMPI_COMM_WORLD_SIZE", "Open MPI's launcher"),
-        ("PMI_SIZE", "the MPI launcher"),
-        ("PMIX_SIZE", "the PMIx launcher"),
-        ("HOROVOD_SIZE", "horovodrun"),
-    ):
-        raw = env.get(var)
-        if not raw or not raw.isdigit():
-            continue
-        if var == "SLURM_NTASKS" and "SLURM_STEP_ID" not in env:
-            continue  # inside sbatch but not in a job step: the batch shell, not a task
-        launched = int(raw)
-        if launched > 1:
-            hint = (
-                " (under SLURM: srun --mpi=pmix for Open MPI, --mpi=pmi2 or pmix for MPICH; `srun --mpi=list` "
-                "shows what this SLURM supports)"
-                if var.startswith("SLURM")
-                else ""
-            )
-            return (
-                f"{launcher} started {launched} tasks ({var}={launched}) but MPI sees a world of one process: "
-                f"the MPI library did not join the launcher's job{hint}. Refusing to train alone; set "
-                "HVD_DC_ALLOW_SINGLETON=1 to override."
-            )
-    return None
+    elements of ``bytes_per_param`` bytes: per worker a push area (the gradient, in the
+    wire dtype) and a reply area (the weights), plus headers; the same computation as the
+    server's (:class:`hvd_dc.protocol.WindowLayout`). ``hyper_slots``: the optimizer's
+    float hyperparameters sent with each push (a generous guess by default)."""
+    dtypes = {2: "float16", 4: "float32", 8: "float64"}
+    if bytes_per_param not in dtypes:
+        raise ValueError(f"bytes per parameter must be 2, 4 or 8; got {bytes_per_param}")
+    layout = FlatLayout([ParamInfo("model", (int(model_params),), dtypes[bytes_per_param], 0)], wire_fp16=fp16_wire)
+    return WindowLayout(layout, hyper_slots, num_workers).total_nbytes
 
 
 @dataclass

@@ -25,8 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .dc_math import DCOptions
+
 __all__ = [
     "ALIGN",
+    "align_up",
     "ParamInfo",
     "ModelSpec",
     "Segment",
@@ -63,7 +66,8 @@ def dtype_from_name(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def _align(n: int) -> int:
+def align_up(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`ALIGN`."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -84,12 +88,13 @@ class ParamInfo:
 
 @dataclasses.dataclass
 class ModelSpec:
-    """What the server must know to serve a model; sent by worker 0 as a pickle.
+    """What the server must know to serve a model; sent by worker 0 at registration.
 
     ``params`` is in the user's order (the optimizer's param groups, in order). ``groups``
     holds each group's hyperparameters without ``params``. ``hyper_slots`` lists the
     float-valued hyperparameters, ``(group, key, index)``, that workers send with every
-    push so that lr schedulers on the workers drive the server's optimizer.
+    push so that lr schedulers on the workers drive the server's optimizer. ``staging`` is
+    the workers' ``HVD_DC_STAGING``, which the server follows.
     """
 
     params: List[ParamInfo]
@@ -97,35 +102,69 @@ class ModelSpec:
     defaults: Dict[str, Any]
     groups: List[Dict[str, Any]]
     hyper_slots: List[Tuple[int, str, int]]
-    dc_variant: str
-    dc_lambda: float
-    dc_momentum: float
-    dc_eps: float
-    dc_mean_square: str
+    dc: DCOptions
     compression: str
     num_workers: int
     checkpoint_path: Optional[str] = None
     checkpoint_every_updates: Optional[int] = None
     checkpoint_every_seconds: Optional[float] = None
     server_device: str = "auto"
+    staging: str = "auto"
 
-    def structure(self) -> Tuple:
-        """The part every worker must agree on (names, shapes, dtypes, groups, options)."""
-        return (
-            tuple(self.params),
-            self.optimizer_class,
-            self.hyper_slots,
-            self.dc_variant,
-            self.dc_lambda,
-            self.dc_momentum,
-            self.dc_eps,
-            self.dc_mean_square,
-            self.compression,
-            self.checkpoint_path,
-            self.checkpoint_every_updates,
-            self.checkpoint_every_seconds,
-            self.server_device,
+    @classmethod
+    def from_optimizer(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        num_workers: int,
+        *,
+        params: Optional[Sequence[Tuple[torch.Tensor, int]]] = None,
+        names: Optional[Sequence[str]] = None,
+        dc: Optional[DCOptions] = None,
+        compression: str = "none",
+        checkpoint_path: Optional[str] = None,
+        checkpoint_every_updates: Optional[int] = None,
+        checkpoint_every_seconds: Optional[float] = None,
+        server_device: str = "auto",
+        staging: str = "auto",
+    ) -> "ModelSpec":
+        """The spec of ``optimizer``'s model. ``params``: the ``(parameter, group index)``
+        pairs to serve (default: every parameter of every group); ``names``: theirs
+        (default ``param.<group>.<i>``, ``i`` counting the served parameters)."""
+        if params is None:
+            params = [(p, gi) for gi, group in enumerate(optimizer.param_groups) for p in group["params"]]
+        if names is None:
+            names = [f"param.{gi}.{i}" for i, (_, gi) in enumerate(params)]
+        return cls(
+            params=[ParamInfo(n, tuple(p.shape), dtype_name(p.dtype), gi) for (p, gi), n in zip(params, names)],
+            optimizer_class=(type(optimizer).__module__, type(optimizer).__qualname__),
+            defaults=dict(optimizer.defaults),
+            groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+            hyper_slots=scalar_hyperparameters(optimizer.param_groups),
+            dc=DCOptions() if dc is None else dc,
+            compression=compression,
+            num_workers=num_workers,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every_updates=checkpoint_every_updates,
+            checkpoint_every_seconds=checkpoint_every_seconds,
+            server_device=server_device,
+            staging=staging,
         )
+
+    def layout(self) -> "FlatLayout":
+        """The flat layout both sides derive from this spec."""
+        return FlatLayout(self.params, wire_fp16=self.compression == "fp16")
+
+    def agreed_options(self) -> Dict[str, Any]:
+        """The options every worker must pass alike, under their argument names."""
+        return {
+            **self.dc.as_arguments(),
+            "compression": self.compression,
+            "checkpoint_path": self.checkpoint_path,
+            "checkpoint_every_updates": self.checkpoint_every_updates,
+            "checkpoint_every_seconds": self.checkpoint_every_seconds,
+            "server_device": self.server_device,
+            "HVD_DC_STAGING": self.staging,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +210,8 @@ class FlatLayout:
             wseg = Segment(group, wire_dtype, wire_offset, n, tuple(idxs), tuple(offs))
             self.segments.append(seg)
             self.wire_segments.append(wseg)
-            offset = _align(offset + seg.nbytes)
-            wire_offset = _align(wire_offset + wseg.nbytes)
+            offset = align_up(offset + seg.nbytes)
+            wire_offset = align_up(wire_offset + wseg.nbytes)
         self.nbytes = max(offset, ALIGN)
         self.wire_nbytes = max(wire_offset, ALIGN)
         self.numel = sum(s.numel for s in self.segments)
@@ -262,20 +301,10 @@ def diff_specs(reference: ModelSpec, other: ModelSpec, other_rank: int) -> Optio
             f"worker 0 wraps optimizer {'.'.join(a.optimizer_class)} but worker {other_rank} wraps "
             f"{'.'.join(b.optimizer_class)}"
         )
-    for field in (
-        "dc_variant",
-        "dc_lambda",
-        "dc_momentum",
-        "dc_eps",
-        "dc_mean_square",
-        "compression",
-        "checkpoint_path",
-        "checkpoint_every_updates",
-        "checkpoint_every_seconds",
-        "server_device",
-    ):
-        if getattr(a, field) != getattr(b, field):
-            return f"{field} is {getattr(a, field)!r} on worker 0 but {getattr(b, field)!r} on worker {other_rank}"
+    mine, theirs = a.agreed_options(), b.agreed_options()
+    for field, value in mine.items():
+        if theirs[field] != value:
+            return f"{field} is {value!r} on worker 0 but {theirs[field]!r} on worker {other_rank}"
     if len(a.params) != len(b.params):
         names_a = {p.name for p in a.params}
         names_b = {p.name for p in b.params}

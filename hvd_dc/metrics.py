@@ -1,9 +1,14 @@
 """Observability: staleness statistics, the server's periodic report, JSONL and TensorBoard.
 
-On the **server**, :class:`ServerMetrics` receives every accepted push's staleness (the
-number of other workers' updates applied between that worker's pull and its push, as
-Algorithm 2 defines it) and, every ``$HVD_DC_METRICS_INTERVAL`` seconds (default 30) and
-at the end, logs one line per model through the ``hvd_dc.server`` logger (INFO; set
+Staleness is the number of other workers' updates applied between a worker's pull and
+its push, as Algorithm 2 defines it. It is recorded once, in the server's
+:class:`StalenessRecord` (one histogram per worker, held by
+:class:`~hvd_dc.server_state.ServerState` and saved in its checkpoints), and each reply
+carries the push's staleness to its worker, which keeps its own share of the record (its
+row, restored from the server's at registration).
+
+On the **server**, :class:`ServerMetrics` reads that record and, every
+``$HVD_DC_METRICS_INTERVAL`` seconds (default 30) and at the end, logs one line per model through the ``hvd_dc.server`` logger (INFO; set
 ``HVD_DC_LOG_LEVEL=INFO``): updates/s, rejected pushes, and staleness mean, p50, p99 and
 max per worker. The same record goes, when configured, to:
 
@@ -25,70 +30,21 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from . import context
+from .collectives import allgather_object
+from .settings import Settings
+from .stats import summarize_hist
 
 __all__ = [
-    "StalenessTracker",
     "ServerMetrics",
     "JsonlWriter",
-    "percentile",
-    "summarize_hist",
     "log_metrics",
-    "worker_stats_extra",
     "all_worker_stats",
 ]
 
 log = logging.getLogger("hvd_dc.server")
-
-
-def percentile(hist: Mapping[int, int], q: float) -> float:
-    """The ``q``-th percentile (0..100, nearest rank) of integer samples given as a
-    histogram ``{value: count}``; 0.0 when empty."""
-    total = sum(hist.values())
-    if total == 0:
-        return 0.0
-    rank = max(1, -(-int(round(q * total * 1000)) // 100000))  # ceil(q/100 * total), at least 1
-    seen = 0
-    for value in sorted(hist):
-        seen += hist[value]
-        if seen >= rank:
-            return float(value)
-    return float(max(hist))
-
-
-def summarize_hist(hist: Mapping[int, int]) -> Dict[str, float]:
-    """``count``, ``mean``, ``p50``, ``p99``, ``max`` of a histogram ``{value: count}``."""
-    total = sum(hist.values())
-    if total == 0:
-        return {"count": 0, "mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
-    return {
-        "count": int(total),
-        "mean": sum(v * c for v, c in hist.items()) / total,
-        "p50": percentile(hist, 50),
-        "p99": percentile(hist, 99),
-        "max": float(max(hist)),
-    }
-
-
-class StalenessTracker:
-    """Per-worker staleness histograms (exact; memory grows with the largest staleness)."""
-
-    def __init__(self, num_workers: int) -> None:
-        self.hists: List[Dict[int, int]] = [{} for _ in range(num_workers)]
-
-    def add(self, worker: int, staleness: int) -> None:
-        h = self.hists[worker]
-        h[staleness] = h.get(staleness, 0) + 1
-
-    def per_worker(self) -> List[Dict[str, float]]:
-        return [summarize_hist(h) for h in self.hists]
-
-    def merged(self) -> Dict[int, int]:
-        out: Dict[int, int] = {}
-        for h in self.hists:
-            for k, v in h.items():
-                out[k] = out.get(k, 0) + v
-        return out
 
 
 class JsonlWriter:
@@ -127,17 +83,10 @@ class ServerMetrics:
     """The server's periodic statistics; :mod:`hvd_dc.server` calls :meth:`tick` once per
     loop round (a clock read) and :meth:`finish` at the end."""
 
-    def __init__(
-        self,
-        interval: Optional[float] = None,
-        path: Optional[str] = None,
-        tensorboard_dir: Optional[str] = None,
-    ) -> None:
-        env = os.environ
-        self.interval = float(env.get("HVD_DC_METRICS_INTERVAL", "30")) if interval is None else float(interval)
-        path = env.get("HVD_DC_METRICS_FILE") if path is None else path
+    def __init__(self, interval: float, path: Optional[str], tensorboard_dir: Optional[str]) -> None:
+        self.interval = float(interval)
         self.writer = JsonlWriter(path) if path else None
-        self.tb = _tensorboard(env.get("HVD_DC_TENSORBOARD_DIR") if tensorboard_dir is None else tensorboard_dir)
+        self.tb = _tensorboard(tensorboard_dir)
         self.started = time.monotonic()
         self._next = self.started + self.interval
         self._last_t = self.started
@@ -161,19 +110,20 @@ class ServerMetrics:
             self.tb.close()
 
     def record(self, model: Any, now: float, final: bool = False) -> Dict[str, Any]:
-        """The statistics of one served model (``ServedModel``: ``index``, ``state``, ``tracker``)."""
+        """The statistics of one served model (``ServedModel``: ``index`` and ``state``)."""
         state = model.state
         elapsed = now - self._registered.get(model.index, self.started)
         dt = now - self._last_t
         last = self._last_updates.get(model.index, 0)
         if dt <= 0 or self._last_t < self._registered.get(model.index, self.started):
             dt = elapsed
-        per_worker = model.tracker.per_worker()
+        record = state.staleness
+        per_worker = record.per_worker()
         for m, pw in enumerate(per_worker):
             pw["worker"] = m
             pw["accepted"] = int(state.accepted[m])
             pw["rejected"] = int(state.rejected[m])
-        merged = model.tracker.merged()
+        merged = record.merged()
         return {
             "kind": "server",
             "final": final,
@@ -225,19 +175,6 @@ _worker_tb: Any = None
 _worker_tb_checked = False
 
 
-def worker_stats_extra(hist: Mapping[int, int], server_updates: int, elapsed: float) -> Dict[str, Any]:
-    """The keys ``opt.stats()`` adds to the worker's counters: staleness p50 and p99 of
-    this worker's accepted pushes, and the server's updates per second since this
-    worker registered (from the update counter in the replies)."""
-    summary = summarize_hist(hist)
-    return {
-        "staleness_p50": summary["p50"],
-        "staleness_p99": summary["p99"],
-        "updates_per_s": server_updates / elapsed if elapsed > 0 else 0.0,
-        "elapsed_s": elapsed,
-    }
-
-
 def log_metrics(step: Optional[int] = None, **scalars: float) -> None:
     """Append this worker's scalars (e.g. ``loss=0.3, accuracy=0.9``) to
     ``$HVD_DC_METRICS_FILE`` and, if set and installed, TensorBoard in
@@ -245,10 +182,11 @@ def log_metrics(step: Optional[int] = None, **scalars: float) -> None:
     Call it on the workers that should report (typically ``hvd_dc.rank() == 0`` after an
     ``allreduce`` that averaged the values)."""
     global _worker_writer, _worker_tb, _worker_tb_checked
-    from .runtime import is_initialized, rank
-
-    who = rank() if is_initialized() else 0
-    path = os.environ.get("HVD_DC_METRICS_FILE")
+    ctx = context.peek()
+    live = ctx is not None and not ctx.shut_down
+    who = ctx.worker_rank if live else 0
+    settings = ctx.settings if ctx is not None else Settings.from_environ()
+    path = settings.metrics_file
     if path and _worker_writer is None:
         _worker_writer = JsonlWriter(path)
     values = {k: float(v) for k, v in scalars.items()}
@@ -256,7 +194,7 @@ def log_metrics(step: Optional[int] = None, **scalars: float) -> None:
         _worker_writer.write({"kind": "worker", "worker": who, "time": time.time(), "step": step, **values})
     if not _worker_tb_checked:
         _worker_tb_checked = True
-        tbdir = os.environ.get("HVD_DC_TENSORBOARD_DIR")
+        tbdir = settings.tensorboard_dir
         _worker_tb = _tensorboard(os.path.join(tbdir, f"worker{who}") if tbdir else None)
     if _worker_tb:
         for k, v in values.items():
@@ -267,7 +205,5 @@ def log_metrics(step: Optional[int] = None, **scalars: float) -> None:
 def all_worker_stats(optimizer: Any) -> List[Dict[str, Any]]:
     """``optimizer.stats()`` of every worker, in worker order; a collective among the
     workers (every worker must call it)."""
-    from .collectives import allgather_object
-
     return list(allgather_object(optimizer.stats()))
 

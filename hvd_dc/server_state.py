@@ -31,16 +31,17 @@ path is tested without a GPU.
 from __future__ import annotations
 
 import inspect
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from . import kernels
 from .dc_math import DelayCompensator
-from .layout import FlatLayout, ModelSpec, resolve_class, write_hyperparameters
+from .layout import ModelSpec, resolve_class, write_hyperparameters
+from .stats import StalenessRecord, summarize_hist
 
-__all__ = ["ServerState", "ELEMENTWISE_OPTIMIZERS", "build_layout"]
+__all__ = ["ServerState", "ELEMENTWISE_OPTIMIZERS"]
 
 #: Optimizer classes whose update of an element depends only on that element's own
 #: gradient and state, so running them on a flat concatenation is exact.
@@ -51,15 +52,12 @@ ELEMENTWISE_OPTIMIZERS = tuple(
 )
 
 
-def build_layout(spec: ModelSpec) -> FlatLayout:
-    return FlatLayout(spec.params, wire_fp16=(spec.compression == "fp16"))
-
-
 class ServerState:
     """Master weights, optimizer and DC state for one served model.
 
     ``initial_weights``: uint8 tensor in the model layout (worker 0's values).
     ``backups``: one uint8 tensor per worker, in the model layout; each is ``w_bak(m)``.
+    ``kernels``: the ``HVD_DC_KERNELS`` setting (``"fused"`` or ``"torch"``).
     """
 
     def __init__(
@@ -69,9 +67,10 @@ class ServerState:
         backups: Sequence[torch.Tensor],
         flat_optimizer: Optional[bool] = None,
         device: Optional[torch.device | str] = None,
+        kernels: str = "fused",
     ) -> None:
         self.spec = spec
-        self.layout = build_layout(spec)
+        self.layout = spec.layout()
         self.num_workers = spec.num_workers
         if len(backups) != self.num_workers:
             raise ValueError(f"need {self.num_workers} backup buffers, got {len(backups)}")
@@ -110,40 +109,32 @@ class ServerState:
             (self._group_index.index(spec.hyper_slots[k][0]),) + tuple(spec.hyper_slots[k][1:]) for k in keep
         ]
         self.compensator = DelayCompensator(
-            spec.dc_variant,
-            spec.dc_lambda,
-            self.num_workers,
-            [s.numel for s in layout.segments],
-            [s.dtype for s in layout.segments],
-            momentum=spec.dc_momentum,
-            eps=spec.dc_eps,
-            mean_square=spec.dc_mean_square,
+            spec.dc, self.num_workers, [s.numel for s in layout.segments], [s.dtype for s in layout.segments],
             device=dev,
         )
-        fused_dtypes = all(seg.dtype in kernels.FUSED_DTYPES for seg in layout.segments)
-        self.fused = kernels.available() and dev.type == "cpu"
-        self.fused_segments = [self.fused and seg.dtype in kernels.FUSED_DTYPES for seg in layout.segments]
-        self.fused_sgd = self.fused and fused_dtypes and flat_optimizer and opt_class is torch.optim.SGD and not any(
-            g.get("differentiable", False) for g in self.optimizer.param_groups
-        )
-        # segment i's master parameter and its param group (flat layout only)
-        self._segment_params = [p for params in self.master_params for p in params] if flat_optimizer else []
-        self._segment_groups = []
-        if flat_optimizer:
-            for group in self.optimizer.param_groups:
-                self._segment_groups.extend([group] * len(group["params"]))
         self._decompressed: List[Optional[torch.Tensor]] = [
             torch.empty(s.numel, dtype=s.dtype, device=dev) if ws.dtype != s.dtype else None
             for s, ws in zip(layout.segments, layout.wire_segments)
         ]
+        #: how a push is applied, chosen once (see _choose_update)
+        self.update = _choose_update(self, opt_class, kernels)
         self.updates = 0
         self.accepted = np.zeros(self.num_workers, dtype=np.int64)
         self.rejected = np.zeros(self.num_workers, dtype=np.int64)
         self.pulls = np.zeros(self.num_workers, dtype=np.int64)
         self.updates_at_pull = np.zeros(self.num_workers, dtype=np.int64)
-        self.staleness_sum = np.zeros(self.num_workers, dtype=np.int64)
-        self.staleness_max = np.zeros(self.num_workers, dtype=np.int64)
-        self.staleness_hist: Dict[int, int] = {}
+        #: every accepted push's staleness, per worker (checkpointed)
+        self.staleness = StalenessRecord(self.num_workers)
+
+    @property
+    def fused_sgd(self) -> bool:
+        """The fused compensation + SGD step serves this model."""
+        return isinstance(self.update, _FusedSGDUpdate)
+
+    @property
+    def fused_segments(self) -> List[bool]:
+        """Per segment: compensated by the fused kernel."""
+        return list(self.update.fused_segments)
 
     # -- construction -------------------------------------------------------------------
 
@@ -194,7 +185,7 @@ class ServerState:
             for dst, src in zip(self._wire_grad_segments, wire_grad):
                 dst.copy_(src)
             wire_grad = self._wire_grad_segments
-        if not self._all_finite(wire_grad):
+        if not self.update.all_finite(wire_grad):
             self.rejected[worker] += 1
             if pull:
                 self.pull(worker)
@@ -205,67 +196,17 @@ class ServerState:
             if dec is not None:
                 dec.copy_(grads[i])
                 grads[i] = dec
-        copied = False
-        if self.fused_sgd and self._momentum_buffers_ready():
-            self._fused_sgd_step(worker, grads, self.backup_segments[worker] if pull else None)
-            copied = pull
-        else:
-            self._compensate(worker, grads)
-            self.optimizer.step()
+        replied = self.update.apply(worker, grads, self.backup_segments[worker] if pull else None)
         self.updates += 1
         self.accepted[worker] += 1
-        self.staleness_sum[worker] += staleness
-        if staleness > self.staleness_max[worker]:
-            self.staleness_max[worker] = staleness
-        self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + 1
+        self.staleness.add(worker, staleness)
         if pull:
-            if copied:
+            if replied:
                 self._send_backup(worker)
                 self._note_pull(worker)
             else:
                 self.pull(worker)
         return True, staleness
-
-    def _all_finite(self, wire_grad: Sequence[torch.Tensor]) -> bool:
-        if self.device.type != "cpu":
-            # one reduction per segment on the device and a single transfer of the verdict
-            return bool(torch.stack([torch.isfinite(g).all() for g in wire_grad]).all())
-        for g, fused in zip(wire_grad, self.fused_segments):
-            ok = kernels.all_finite(g) if fused and g.dtype in kernels.FUSED_DTYPES else bool(torch.isfinite(g).all())
-            if not ok:
-                return False
-        return True
-
-    def _compensate(self, worker: int, grads: Sequence[torch.Tensor]) -> None:
-        """g_dc into the master gradient buffer, segment by segment."""
-        comp = self.compensator
-        adaptive = comp.variant == "adaptive"
-        for i, (g, w, wb, out) in enumerate(zip(grads, self.weight_segments, self.backup_segments[worker], self.grad_segments)):
-            if self.fused_segments[i]:
-                ms = comp.mean_square_of(worker)[i] if adaptive else None
-                kernels.compensate(comp.variant, g, w, wb, ms, out, comp.lambda0, comp.momentum, comp.eps)
-            else:
-                comp.compensate(i, worker, g, w, wb, out)
-
-    def _momentum_buffers_ready(self) -> bool:
-        """The fused SGD step needs existing momentum buffers; the first step is torch's."""
-        state = self.optimizer.state
-        for p, group in zip(self._segment_params, self._segment_groups):
-            if group["momentum"] and state.get(p, {}).get("momentum_buffer") is None:
-                return False
-        return True
-
-    def _fused_sgd_step(self, worker: int, grads: Sequence[torch.Tensor], copies) -> None:
-        comp = self.compensator
-        adaptive = comp.variant == "adaptive"
-        state = self.optimizer.state
-        for i, (g, w, wb, p, group) in enumerate(
-            zip(grads, self.weight_segments, self.backup_segments[worker], self._segment_params, self._segment_groups)
-        ):
-            ms = comp.mean_square_of(worker)[i] if adaptive else None
-            buf = state[p].get("momentum_buffer") if group["momentum"] else None
-            kernels.sgd(comp.variant, g, w, wb, ms, buf, None if copies is None else copies[i], comp.lambda0,
-                        comp.momentum, comp.eps, group)
 
     def pull(self, worker: int) -> None:
         """``w_bak(worker) <- w``: the copy worker ``worker`` receives and computes on."""
@@ -293,15 +234,128 @@ class ServerState:
     # -- reporting ------------------------------------------------------------------------
 
     def summary(self) -> dict:
-        acc = self.accepted
-        total = int(acc.sum())
-        mean = float(self.staleness_sum.sum() / total) if total else 0.0
+        staleness = summarize_hist(self.staleness.merged())
         return {
             "updates": int(self.updates),
             "rejected": int(self.rejected.sum()),
-            "accepted_per_worker": acc.tolist(),
+            "accepted_per_worker": self.accepted.tolist(),
             "rejected_per_worker": self.rejected.tolist(),
-            "staleness_mean": mean,
-            "staleness_max": int(self.staleness_max.max()) if total else 0,
+            "staleness_mean": staleness["mean"],
+            "staleness_max": int(staleness["max"]),
             "finite": all(bool(torch.isfinite(w).all()) for w in self.weight_segments),
         }
+
+
+# -- how one push is applied ------------------------------------------------------------------
+#
+# Three implementations give the same bits (tests/test_kernels.py); _choose_update picks one
+# when the state is built, as torch.optim picks between its single-tensor, foreach and fused
+# paths, so apply_push does not re-decide on every push:
+#
+# * _TorchUpdate: DelayCompensator per segment, then the optimizer's own step. The reference,
+#   and the only path on a GPU server or without the C extension (HVD_DC_KERNELS=torch).
+# * _FusedCompensationUpdate: the C kernel compensates float32/float64 segments in one pass
+#   (others as above), then the optimizer's own step. Any optimizer.
+# * _FusedSGDUpdate: torch.optim.SGD on flat float32/float64 segments: compensation, the SGD
+#   step and the copy into the worker's reply area in one pass per segment.
+
+
+def _choose_update(state: ServerState, opt_class: type, choice: str) -> "_TorchUpdate":
+    if not kernels.available(choice) or state.device.type != "cpu":
+        return _TorchUpdate(state)
+    fused_dtypes = all(seg.dtype in kernels.FUSED_DTYPES for seg in state.layout.segments)
+    differentiable = any(g.get("differentiable", False) for g in state.optimizer.param_groups)
+    if state.flat_optimizer and opt_class is torch.optim.SGD and fused_dtypes and not differentiable:
+        return _FusedSGDUpdate(state)
+    return _FusedCompensationUpdate(state)
+
+
+class _TorchUpdate:
+    """``g_dc`` by :class:`DelayCompensator` into the master gradient, then the optimizer."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.compensator = state.compensator
+        self.fused_segments = [False] * len(state.layout.segments)
+
+    def all_finite(self, wire_grad: Sequence[torch.Tensor]) -> bool:
+        if self.state.device.type != "cpu":
+            # one reduction per segment on the device and a single transfer of the verdict
+            return bool(torch.stack([torch.isfinite(g).all() for g in wire_grad]).all())
+        return all(bool(torch.isfinite(g).all()) for g in wire_grad)
+
+    def apply(self, worker: int, grads: Sequence[torch.Tensor], reply: Optional[Sequence[torch.Tensor]]) -> bool:
+        """Update the master weights with worker ``worker``'s gradient; return True if the
+        new weights were also written into ``reply`` (never, here)."""
+        self._compensate(worker, grads)
+        self.state.optimizer.step()
+        return False
+
+    def _compensate(self, worker: int, grads: Sequence[torch.Tensor]) -> None:
+        s = self.state
+        for i, (g, w, wb, out) in enumerate(zip(grads, s.weight_segments, s.backup_segments[worker], s.grad_segments)):
+            self.compensator.compensate(i, worker, g, w, wb, out)
+
+
+class _FusedCompensationUpdate(_TorchUpdate):
+    """The C kernel compensates float32/float64 segments; the optimizer's own step follows."""
+
+    def __init__(self, state: ServerState) -> None:
+        super().__init__(state)
+        self.fused_segments = [seg.dtype in kernels.FUSED_DTYPES for seg in state.layout.segments]
+        comp = self.compensator
+        self._mean_square = (
+            [comp.mean_square_of(m) for m in range(state.num_workers)] if comp.options.adaptive
+            else [[None] * len(self.fused_segments)] * state.num_workers
+        )
+
+    def all_finite(self, wire_grad: Sequence[torch.Tensor]) -> bool:
+        for g, fused in zip(wire_grad, self.fused_segments):
+            ok = kernels.all_finite(g) if fused and g.dtype in kernels.FUSED_DTYPES else bool(torch.isfinite(g).all())
+            if not ok:
+                return False
+        return True
+
+    def _compensate(self, worker: int, grads: Sequence[torch.Tensor]) -> None:
+        s, comp = self.state, self.compensator
+        ms = self._mean_square[worker]
+        for i, (g, w, wb, out) in enumerate(zip(grads, s.weight_segments, s.backup_segments[worker], s.grad_segments)):
+            if self.fused_segments[i]:
+                kernels.compensate(comp.variant, g, w, wb, ms[i], out, comp.lambda0, comp.momentum, comp.eps)
+            else:
+                comp.compensate(i, worker, g, w, wb, out)
+
+
+class _FusedSGDUpdate(_FusedCompensationUpdate):
+    """Compensation, ``torch.optim.SGD``'s step and the reply copy in one kernel pass.
+
+    The first step of a group with momentum is torch.optim.SGD's own (it creates the
+    momentum buffers, which the kernel then updates in place).
+    """
+
+    def __init__(self, state: ServerState) -> None:
+        super().__init__(state)
+        self._params = [p for params in state.master_params for p in params]
+        self._groups = [group for group in state.optimizer.param_groups for _ in group["params"]]
+
+    def apply(self, worker: int, grads: Sequence[torch.Tensor], reply: Optional[Sequence[torch.Tensor]]) -> bool:
+        # checked on every push: a scheduler may turn a group's momentum on at any time
+        if not self._momentum_buffers_exist():
+            return super().apply(worker, grads, reply)
+        s, comp = self.state, self.compensator
+        ms = self._mean_square[worker]
+        opt_state = s.optimizer.state
+        for i, (g, w, wb, p, group) in enumerate(
+            zip(grads, s.weight_segments, s.backup_segments[worker], self._params, self._groups)
+        ):
+            buf = opt_state[p].get("momentum_buffer") if group["momentum"] else None
+            kernels.sgd(comp.variant, g, w, wb, ms[i], buf, None if reply is None else reply[i], comp.lambda0,
+                        comp.momentum, comp.eps, group)
+        return reply is not None
+
+    def _momentum_buffers_exist(self) -> bool:
+        state = self.state.optimizer.state
+        return all(
+            not group["momentum"] or state.get(p, {}).get("momentum_buffer") is not None
+            for p, group in zip(self._params, self._groups)
+        )

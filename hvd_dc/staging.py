@@ -1,6 +1,7 @@
 """Moving a worker's model between its device and the host buffers that MPI moves.
 
-MPI windows live in host memory (RMA_NOTES.md), so a worker whose parameters live on a
+MPI windows live in host memory (docs/DESIGN.md: GPU memory as window memory is not
+dependable), so a worker whose parameters live on a
 CUDA device keeps two copies of the flat model: device buffers that the parameters'
 ``.data`` and ``.grad`` are views of, and the channel's pinned host areas that one ``Put``
 and one ``Get`` move. :class:`DeviceStaging` owns the device buffers and the copies

@@ -1,31 +1,26 @@
-"""Bounded waiting: deadlines and polite polling back-off (no MPI).
+"""Bounded waiting: every wait of hvd_dc on another rank goes through :func:`wait_until`.
 
-Every wait on another rank in hvd_dc goes through :class:`Deadline`, so that no wait is
-unbounded and every timeout raises :class:`HvdDcTimeout` with a message naming the rank
-that did not answer. :class:`Backoff` spins briefly and then sleeps with growing pauses,
-because ranks usually outnumber cores on a laptop or CI box and a busy-polling rank
-steals the core a worker needs to compute the gradient being waited for.
+So no wait is unbounded, and every timeout raises :class:`HvdDcTimeout` with a message,
+built by the caller, that names the rank that did not answer. :func:`wait_request` and
+:func:`recv` are the two MPI forms (a non-blocking request; a pickled message).
+
+Polling backs off (:class:`Backoff`): it spins briefly, then sleeps with growing pauses,
+because ranks often outnumber cores (a laptop, a CI box) and a busy-polling rank steals
+the core that the rank it waits for needs to compute what is being waited for.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-__all__ = ["HvdDcTimeout", "Deadline", "Backoff", "wait_until"]
+from mpi4py import MPI
+
+__all__ = ["HvdDcTimeout", "Backoff", "wait_until", "wait_request", "recv"]
 
 
 class HvdDcTimeout(TimeoutError):
     """A rank did not answer within the configured timeout."""
-
-
-class Deadline:
-    def __init__(self, seconds: Optional[float]) -> None:
-        self.seconds = seconds
-        self._end = None if seconds is None else time.monotonic() + seconds
-
-    def expired(self) -> bool:
-        return self._end is not None and time.monotonic() >= self._end
 
 
 class Backoff:
@@ -50,13 +45,24 @@ class Backoff:
 
 
 def wait_until(ready: Callable[[], bool], timeout: Optional[float], describe: Callable[[], str]) -> None:
-    """Poll ``ready()`` with back-off until it is true or ``timeout`` seconds pass.
-
-    On timeout raise :class:`HvdDcTimeout` with ``describe()`` (which names the rank).
-    """
-    deadline = Deadline(timeout)
+    """Poll ``ready()`` with back-off until it is true; after ``timeout`` seconds (None:
+    never) raise :class:`HvdDcTimeout` with ``describe()``, which names the rank."""
+    if ready():
+        return
+    end = None if timeout is None else time.monotonic() + timeout
     backoff = Backoff()
     while not ready():
-        if deadline.expired():
+        if end is not None and time.monotonic() >= end:
             raise HvdDcTimeout(describe())
         backoff.wait()
+
+
+def wait_request(request: MPI.Request, timeout: Optional[float], describe: Callable[[], str]) -> None:
+    """Complete a non-blocking MPI request, or time out with ``describe()``."""
+    wait_until(request.Test, timeout, describe)
+
+
+def recv(comm: MPI.Comm, source: int, tag: int, timeout: Optional[float], describe: Callable[[], str]) -> Any:
+    """Receive one pickled message from ``source`` with ``tag``, or time out with ``describe()``."""
+    wait_until(lambda: comm.Iprobe(source=source, tag=tag), timeout, describe)
+    return comm.recv(source=source, tag=tag)

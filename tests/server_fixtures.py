@@ -6,45 +6,32 @@ from typing import Sequence
 
 import torch
 
-from hvd_dc.dc_math import validate_dc_options
-from hvd_dc.layout import FlatLayout, ModelSpec, ParamInfo, dtype_name, read_hyperparameters, scalar_hyperparameters
+from hvd_dc.dc_math import DCOptions
+from hvd_dc.layout import ModelSpec, read_hyperparameters
 from hvd_dc.server_state import ServerState
 
 
 def make_spec(optimizer: torch.optim.Optimizer, num_workers: int, variant: str = "adaptive", dc_lambda=None,
               dc_momentum: float = 0.95, dc_eps: float = 1e-7, mean_square: str = "per_worker",
               compression: str = "none") -> ModelSpec:
-    params = []
-    for gi, group in enumerate(optimizer.param_groups):
-        for i, p in enumerate(group["params"]):
-            params.append(ParamInfo(f"g{gi}.p{i}", tuple(p.shape), dtype_name(p.dtype), gi))
-    return ModelSpec(
-        params=params,
-        optimizer_class=(type(optimizer).__module__, type(optimizer).__qualname__),
-        defaults=dict(optimizer.defaults),
-        groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
-        hyper_slots=scalar_hyperparameters(optimizer.param_groups),
-        dc_variant=variant,
-        dc_lambda=validate_dc_options(variant, dc_lambda, dc_momentum, dc_eps, mean_square),
-        dc_momentum=dc_momentum,
-        dc_eps=dc_eps,
-        dc_mean_square=mean_square,
-        compression=compression,
-        num_workers=num_workers,
-    )
+    names = [f"g{gi}.p{i}" for gi, group in enumerate(optimizer.param_groups) for i in range(len(group["params"]))]
+    dc = DCOptions.create(variant, dc_lambda, dc_momentum, dc_eps, mean_square)
+    return ModelSpec.from_optimizer(optimizer, num_workers, names=names, dc=dc, compression=compression)
 
 
-def make_state(optimizer: torch.optim.Optimizer, num_workers: int, device=None, **dc) -> ServerState:
+def make_state(optimizer: torch.optim.Optimizer, num_workers: int, device=None, kernels: str = "fused",
+               **dc) -> ServerState:
     """A ServerState whose initial weights are the optimizer's parameters' values
-    (staged on ``device`` when given, as ``server_device`` makes the server do)."""
+    (staged on ``device`` when given, as ``server_device`` makes the server do;
+    ``kernels`` as HVD_DC_KERNELS)."""
     spec = make_spec(optimizer, num_workers, **dc)
-    layout = FlatLayout(spec.params, wire_fp16=(spec.compression == "fp16"))
+    layout = spec.layout()
     initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for view, p in zip(layout.param_views(initial), params):
         view.copy_(p.detach())
     backups = [torch.zeros(layout.nbytes, dtype=torch.uint8) for _ in range(num_workers)]
-    return ServerState(spec, initial, backups, device=device)
+    return ServerState(spec, initial, backups, device=device, kernels=kernels)
 
 
 def flat_weights(state: ServerState) -> torch.Tensor:

@@ -94,3 +94,32 @@ def test_resume_with_another_worker_count_keeps_weights_and_optimizer(tmp_path):
     assert "written with 2 workers and this job has 3" in warning
     assert torch.equal(flat_weights(a), flat_weights(b)) and b.updates == 4
     assert all(torch.equal(bk, b.weights) for bk in b.backups)
+
+
+def test_the_staleness_record_is_restored_with_the_counters(tmp_path):
+    a = _state(num_workers=3)
+    for step in range(9):
+        push(a, [0, 1, 1, 2, 0][step % 5], _grads(step))
+        a.pull(step % 3)
+    path = str(tmp_path / "ck.pt")
+    checkpoint.save_atomic(checkpoint.snapshot(a, 0.0), path)
+    b = _state(num_workers=3, seed=2)
+    checkpoint.restore(b, checkpoint.load(path), path)
+    assert sum(sum(h.values()) for h in a.staleness.hists) == a.updates == 9
+    assert b.staleness.hists == a.staleness.hists and b.summary() == a.summary()
+    push(a, 1, _grads(20))
+    push(b, 1, _grads(20))
+    assert b.staleness.hists == a.staleness.hists
+
+
+def test_a_version_1_checkpoint_still_loads_without_staleness(tmp_path):
+    a = _state()
+    push(a, 0, _grads(0))
+    old = checkpoint.snapshot(a, 0.0)
+    old["format"] = "hvd_dc.checkpoint/1"
+    del old["staleness"]
+    path = str(tmp_path / "v1.pt")
+    checkpoint.save_atomic(old, path)
+    b = _state(seed=3)
+    assert checkpoint.restore(b, checkpoint.load(path), path) is None
+    assert torch.equal(flat_weights(a), flat_weights(b)) and b.updates == 1 and b.staleness.hists == [{}, {}]

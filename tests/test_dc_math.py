@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hvd_dc.dc_math import DelayCompensator, compensate_reference, default_lambda, validate_dc_options
+from hvd_dc.dc_math import DCOptions, DelayCompensator, compensate_reference, default_lambda, validate_dc_options
 from reference import Algorithm2, adaptive_lambda, dc_gradient
 from server_fixtures import flat_weights, make_state, push
 
@@ -18,7 +18,7 @@ def _rand(n, seed, scale=1.0):
 
 def test_constant_matches_formula():
     g, w, wb = _rand(257, 1), _rand(257, 2), _rand(257, 3)
-    comp = DelayCompensator("constant", 0.04, 1, [257], [torch.float64])
+    comp = DelayCompensator(DCOptions.create("constant", 0.04), 1, [257], [torch.float64])
     out = torch.empty(257, dtype=torch.float64)
     comp.compensate(0, 0, g, w, wb, out)
     ref = dc_gradient(g.numpy(), w.numpy(), wb.numpy(), 0.04)
@@ -26,7 +26,7 @@ def test_constant_matches_formula():
 
 
 def test_adaptive_matches_formula_over_several_pushes():
-    comp = DelayCompensator("adaptive", 2.0, 1, [100], [torch.float64], momentum=0.95, eps=1e-7)
+    comp = DelayCompensator(DCOptions.create("adaptive", 2.0, momentum=0.95, eps=1e-7), 1, [100], [torch.float64])
     ms_ref = np.zeros(100)
     for step in range(5):
         g, w, wb = _rand(100, 10 + step, 0.1), _rand(100, 20 + step), _rand(100, 30 + step)
@@ -39,7 +39,7 @@ def test_adaptive_matches_formula_over_several_pushes():
 
 
 def test_adaptive_mean_square_is_per_worker_by_default():
-    comp = DelayCompensator("adaptive", 2.0, 2, [10], [torch.float64])
+    comp = DelayCompensator(DCOptions.create("adaptive", 2.0), 2, [10], [torch.float64])
     g = _rand(10, 5)
     comp.compensate(0, 1, g, _rand(10, 6), _rand(10, 7), torch.empty(10, dtype=torch.float64))
     assert torch.count_nonzero(comp.mean_square_of(0)[0]) == 0
@@ -47,7 +47,7 @@ def test_adaptive_mean_square_is_per_worker_by_default():
 
 
 def test_adaptive_global_mean_square_is_shared():
-    comp = DelayCompensator("adaptive", 2.0, 2, [10], [torch.float64], mean_square="global")
+    comp = DelayCompensator(DCOptions.create("adaptive", 2.0, mean_square="global"), 2, [10], [torch.float64])
     ms_ref = np.zeros(10)
     for m, seed in [(0, 1), (1, 2), (0, 3)]:
         g, w, wb = _rand(10, seed), _rand(10, seed + 10), _rand(10, seed + 20)
@@ -61,7 +61,7 @@ def test_adaptive_global_mean_square_is_shared():
 @pytest.mark.parametrize("variant", ["constant", "adaptive"])
 def test_vectorised_path_bit_matches_the_module_reference(variant):
     n = 1000
-    comp = DelayCompensator(variant, default_lambda(variant), 1, [n], [torch.float32])
+    comp = DelayCompensator(DCOptions.create(variant), 1, [n], [torch.float32])
     ms = torch.zeros(n)
     for step in range(3):
         g, w, wb = (_rand(n, 40 + 3 * step + k).float() for k in range(3))
@@ -74,7 +74,7 @@ def test_vectorised_path_bit_matches_the_module_reference(variant):
 def test_out_may_alias_grad():
     g, w, wb = _rand(50, 1), _rand(50, 2), _rand(50, 3)
     expected = dc_gradient(g.numpy(), w.numpy(), wb.numpy(), 0.5)
-    comp = DelayCompensator("constant", 0.5, 1, [50], [torch.float64])
+    comp = DelayCompensator(DCOptions.create("constant", 0.5), 1, [50], [torch.float64])
     comp.compensate(0, 0, g, w, wb, g)
     np.testing.assert_allclose(g.numpy(), expected, rtol=RTOL)
 
@@ -83,7 +83,7 @@ def test_out_may_alias_grad():
 def test_16_bit_parameters_compute_in_float32(dtype):
     g32, w32, wb32 = _rand(64, 1, 0.01).float(), _rand(64, 2).float(), _rand(64, 3).float()
     g, w, wb = g32.to(dtype), w32.to(dtype), wb32.to(dtype)
-    comp = DelayCompensator("adaptive", 2.0, 1, [64], [dtype])
+    comp = DelayCompensator(DCOptions.create("adaptive", 2.0), 1, [64], [dtype])
     out = torch.empty(64, dtype=dtype)
     comp.compensate(0, 0, g, w, wb, out)
     ms = np.zeros(64)

@@ -61,7 +61,7 @@ def test_ported_horovod_script_trains_under_mpiexec(tmp_path):
 
 def test_ported_horovod_script_trains_under_horovodrun(tmp_path):
     if not _is_open_mpi():
-        pytest.skip("horovodrun needs Open MPI here: it cannot recognise MPICH 5's mpirun (RMA_NOTES.md)")
+        pytest.skip("horovodrun needs Open MPI here: it cannot recognise MPICH 5's mpirun (docs/DESIGN.md)")
     horovodrun = Path(sys.executable).parent / "horovodrun"
     assert horovodrun.exists() or shutil.which("horovodrun"), "horovod is installed but horovodrun is not on PATH"
     env = {"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}

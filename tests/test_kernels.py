@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hvd_dc import kernels
+from hvd_dc.dc_math import DCVariant
 from server_fixtures import flat_weights, make_state, push
 
 
@@ -13,11 +14,10 @@ def test_the_extension_is_built():
 
 
 def _run(monkeypatch, path, opt_factory, variant, dtypes, steps=12, pull_with_push=True, workers=3):
-    monkeypatch.setenv("HVD_DC_KERNELS", path)
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(n, dtype=dt)) for n, dt in zip((37, 1000, 5), dtypes)]
     lam = {"constant": 0.5, "adaptive": 2.0, "none": None}[variant]
-    state = make_state(opt_factory(params), workers, variant=variant, dc_lambda=lam)
+    state = make_state(opt_factory(params), workers, kernels=path, variant=variant, dc_lambda=lam)
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
         m = step % workers
@@ -107,7 +107,7 @@ def test_all_finite_kernel():
 def test_bad_kernel_arguments_are_refused():
     g = torch.zeros(10)
     with pytest.raises(ValueError, match="contiguous CPU torch.float32 tensor of 10 elements"):
-        kernels.compensate("constant", g, torch.zeros(10, dtype=torch.float64), g, None, g, 0.1, 0.9, 1e-7)
+        kernels.compensate(DCVariant.CONSTANT, g, torch.zeros(10, dtype=torch.float64), g, None, g, 0.1, 0.9, 1e-7)
     with pytest.raises(ValueError, match="momentum buffer"):
-        kernels.sgd("none", g, g.clone(), g, None, None, None, 0.0, 0.9, 1e-7,
+        kernels.sgd(DCVariant.NONE, g, g.clone(), g, None, None, None, 0.0, 0.9, 1e-7,
                     {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})

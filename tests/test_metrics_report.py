@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hvd_dc.metrics import ServerMetrics, StalenessTracker, percentile, summarize_hist
+from hvd_dc.metrics import ServerMetrics
+from hvd_dc.stats import StalenessRecord, percentile, summarize_hist
 from hvd_dc.report import load, summary
 from mpi_run import mpiexec, run_mpi
 
@@ -34,12 +35,12 @@ def test_percentiles_match_numpy_nearest_rank():
 
 
 def test_server_metrics_record_and_jsonl(tmp_path):
-    tracker = StalenessTracker(2)
+    record = StalenessRecord(2)
     for st in [0, 1, 1, 2]:
-        tracker.add(0, st)
-    tracker.add(1, 7)
-    state = SimpleNamespace(updates=5, accepted=np.array([4, 1]), rejected=np.array([0, 2]))
-    model = SimpleNamespace(index=0, state=state, tracker=tracker)
+        record.add(0, st)
+    record.add(1, 7)
+    state = SimpleNamespace(updates=5, accepted=np.array([4, 1]), rejected=np.array([0, 2]), staleness=record)
+    model = SimpleNamespace(index=0, state=state)
     path = tmp_path / "m.jsonl"
     sm = ServerMetrics(interval=1e9, path=str(path), tensorboard_dir="")
     sm.tick([model])

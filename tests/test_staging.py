@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from hvd_dc.devices import parse_server_device, resolve_server_device, worker_device
+from hvd_dc.settings import Settings
 from hvd_dc.layout import FlatLayout, ParamInfo, diff_specs
 from hvd_dc.staging import DeviceStaging
 from mpi_run import conserved_results, run_mpi
@@ -143,20 +144,17 @@ def test_server_device_malformed_is_refused(option):
         parse_server_device(option)
 
 
-def test_auto_is_the_cpu_without_cuda_and_the_current_gpu_with_it(monkeypatch):
-    monkeypatch.delenv("HVD_DC_STAGING", raising=False)
+def test_auto_is_the_cpu_without_cuda_and_the_current_gpu_with_it():
     assert resolve_server_device("auto", cuda_available=False) is None  # compute in the window
     assert resolve_server_device("auto", cuda_available=True, device_count=2, current_device=1) == torch.device("cuda", 1)
     assert resolve_server_device("cuda:1", cuda_available=True, device_count=2) == torch.device("cuda", 1)
     assert resolve_server_device("cpu", cuda_available=True) is None
 
 
-def test_forced_staging_stages_a_cpu_server(monkeypatch):
-    monkeypatch.setenv("HVD_DC_STAGING", "always")
-    assert resolve_server_device("cpu", cuda_available=False) == torch.device("cpu")
-    monkeypatch.setenv("HVD_DC_STAGING", "sometimes")
+def test_forced_staging_stages_a_cpu_server():
+    assert resolve_server_device("cpu", "always", cuda_available=False) == torch.device("cpu")
     with pytest.raises(ValueError, match="HVD_DC_STAGING"):
-        resolve_server_device("cpu", cuda_available=False)
+        Settings.from_environ({"HVD_DC_STAGING": "sometimes"})
 
 
 def test_cuda_server_device_without_cuda_names_the_server():

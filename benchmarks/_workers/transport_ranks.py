@@ -1,5 +1,5 @@
 """Run under ``mpiexec -n 2``: rank 0 answers with hvd_dc's ServerWindows, rank 1 times
-WorkerChannel.exchange(KIND_PUSH) (Put gradient, raise flag, wait, Get weights).
+WorkerChannel.exchange(RequestKind.PUSH) (Put gradient, raise flag, wait, Get weights).
 
 The server side is a minimal answering loop: it publishes each reply without applying
 anything (no DC math, no optimizer, no weight copy), so the time is the transport alone.
@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from mpi4py import MPI
 
 from hvd_dc.layout import FlatLayout, ParamInfo
-from hvd_dc.protocol import KIND_PUSH, RM_SEQ, ServerWindows, WindowLayout, WorkerChannel
+from hvd_dc.protocol import Reply, ReplyStatus, RequestKind, ServerWindows, WindowLayout, WorkerChannel
 from hvd_dc.waiting import Backoff
 
 p = argparse.ArgumentParser()
@@ -38,15 +37,11 @@ for n in [int(s) for s in args.sizes.split(",")]:
     if rank == 0:
         sw = ServerWindows(comm, wl)
         done = comm.Ibarrier()
-        handled = 0
         backoff = Backoff()
         while True:
-            s = int(sw.push_seqs()[0])
-            if s != handled:
-                sw.begin_read()
-                sw.reply_meta[0][RM_SEQ] = s
-                sw.publish_reply(0, s)
-                handled = s
+            if sw.pending().size:
+                req = sw.request(0)
+                sw.reply(req, Reply(req.seq, ReplyStatus.OK, req.seq, 0, 0))
                 backoff.reset()
             elif done.Test():
                 break
@@ -54,16 +49,15 @@ for n in [int(s) for s in args.sizes.split(",")]:
                 backoff.wait()
         sw.free()
     else:
-        ch = WorkerChannel(comm, wl, 0, 0, timeout=120.0)
+        ch = WorkerChannel(comm, wl, 0, timeout=120.0)
         ch.open()
-        ch.fetch_reply()
         ch.grad_area.view(torch.float32)[:n].normal_(0, 1e-3)
         for _ in range(3):  # warm-up: first touches of the window pages
-            ch.exchange(KIND_PUSH)
+            ch.exchange(RequestKind.PUSH)
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            ch.exchange(KIND_PUSH)
+            ch.exchange(RequestKind.PUSH)
             times.append(time.perf_counter() - t0)
         moved = wl.push_nbytes + wl.reply_nbytes
         src = np.random.default_rng(0).random(moved // 4, dtype=np.float32)

@@ -31,8 +31,8 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-from hvd_dc.dc_math import validate_dc_options
-from hvd_dc.layout import FlatLayout, ModelSpec, ParamInfo, dtype_name, read_hyperparameters, scalar_hyperparameters
+from hvd_dc.dc_math import DCOptions
+from hvd_dc.layout import ModelSpec, read_hyperparameters
 from hvd_dc.server_state import ServerState
 
 from . import common
@@ -44,22 +44,8 @@ def make_server_state(optimizer: torch.optim.Optimizer, num_workers: int, varian
     (same ModelSpec fields as ``DistributedDCOptimizer``), initial weights = the
     optimizer's parameters."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    spec = ModelSpec(
-        params=[ParamInfo(f"p{i}", tuple(p.shape), dtype_name(p.dtype), gi)
-                for gi, g in enumerate(optimizer.param_groups) for i, p in enumerate(g["params"])],
-        optimizer_class=(type(optimizer).__module__, type(optimizer).__qualname__),
-        defaults=dict(optimizer.defaults),
-        groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
-        hyper_slots=scalar_hyperparameters(optimizer.param_groups),
-        dc_variant=variant,
-        dc_lambda=validate_dc_options(variant, dc_lambda, dc_momentum, 1e-7, "per_worker"),
-        dc_momentum=dc_momentum,
-        dc_eps=1e-7,
-        dc_mean_square="per_worker",
-        compression="none",
-        num_workers=num_workers,
-    )
-    layout = FlatLayout(spec.params)
+    spec = ModelSpec.from_optimizer(optimizer, num_workers, dc=DCOptions.create(variant, dc_lambda, dc_momentum))
+    layout = spec.layout()
     initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
     for view, p in zip(layout.param_views(initial), params):
         view.copy_(p.detach())
