@@ -1,0 +1,58 @@
+"""The package's shape (docs/DESIGN.md): no import circle, no hidden imports inside
+functions, one reader of the environment, and the contract's details kept in protocol.py."""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "hvd_dc"
+
+
+def _modules():
+    return {p.stem: ast.parse(p.read_text()) for p in PKG.glob("*.py")}
+
+
+def _package_imports(tree, top_level_only):
+    found = set()
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+    return found
+
+
+def test_no_import_circle():
+    graph = {name: _package_imports(tree, True) for name, tree in _modules().items()}
+
+    def visit(name, path):
+        for dep in graph.get(name, ()):
+            assert dep not in path, f"import circle: {' -> '.join(path + [dep])}"
+            visit(dep, path + [dep])
+
+    for name in graph:
+        visit(name, [name])
+
+
+def test_no_package_import_inside_a_function():
+    for name, tree in _modules().items():
+        hidden = _package_imports(tree, False) - _package_imports(tree, True)
+        hidden.discard("_kernels")  # the optional C extension, tried at import
+        assert not hidden, f"hvd_dc/{name}.py imports {sorted(hidden)} inside a function"
+
+
+def test_only_settings_and_the_launch_tools_read_the_environment():
+    readers = {name for name, tree in _modules().items()
+               if any(isinstance(n, ast.Attribute) and n.attr == "environ" for n in ast.walk(tree))}
+    assert readers <= {"settings", "runtime", "launch", "host_checks", "install_horovod"}, readers
+
+
+def test_runtime_does_not_import_the_command_line_tool():
+    for name, tree in _modules().items():
+        if name not in ("launch",):
+            assert "launch" not in _package_imports(tree, False), f"hvd_dc/{name}.py imports the CLI module"
+
+
+def test_server_and_worker_know_no_word_offsets_or_tags():
+    for name in ("server", "worker", "worker_buffers", "runtime"):
+        source = (PKG / f"{name}.py").read_text()
+        for token in ("Get_accumulate", "Fetch_and_op", "HEADER_WORDS", "7701", "tag=7"):
+            assert token not in source, f"hvd_dc/{name}.py uses {token}: that belongs to protocol.py"
