@@ -140,14 +140,15 @@ class Registration:
     """The server's answer to :class:`Register`, sent to every worker.
 
     ``error`` is None when the model is served. Then ``updates`` is the server's update
-    count, ``pushes[m]`` worker ``m``'s pushes so far and ``staleness[m]`` its staleness
-    histogram (non-empty only when resuming from a checkpoint), and ``server_device`` says
-    where the master weights live.
+    count, ``pushes[m]`` worker ``m``'s pushes so far, ``rejected[m]`` how many of them were
+    rejected and ``staleness[m]`` its staleness histogram (all zero or empty unless
+    resuming from a checkpoint), and ``server_device`` says where the master weights live.
     """
 
     error: Optional[str] = None
     updates: int = 0
     pushes: Tuple[int, ...] = ()
+    rejected: Tuple[int, ...] = ()
     staleness: Tuple[Dict[int, int], ...] = ()
     resumed_from: Optional[str] = None
     server_device: str = ""

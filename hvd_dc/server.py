@@ -167,6 +167,7 @@ def _state_maker(ctx: Context, spec: ModelSpec, index: int):
         registration = Registration(
             updates=int(state.updates),
             pushes=tuple((state.accepted + state.rejected).tolist()),
+            rejected=tuple(state.rejected.tolist()),
             staleness=tuple(state.staleness.hists),
             resumed_from=resumed_from,
             server_device=f"{state.device}" + (" (staged)" if state.staged else " (window)"),

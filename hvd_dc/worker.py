@@ -272,7 +272,7 @@ class DCWorker:
         self.server_device = registration.server_device
         self.pushes = registration.pushes[me]  # > 0 only when resuming from a checkpoint
         self.pulls = 1
-        self.rejected = 0
+        self.rejected = registration.rejected[me]
         self.server_updates = registration.updates
         #: this worker's row of the server's staleness record (restored on resume)
         self.staleness: Dict[int, int] = dict(registration.staleness[me]) if registration.staleness else {}
@@ -314,10 +314,10 @@ class DCWorker:
 
     def _count_push(self, reply: Reply) -> None:
         self.pushes += 1
+        self.rejected = reply.rejected  # the server's count for this worker, across restarts
         if reply.status == ReplyStatus.OK:
             self.staleness[reply.staleness] = self.staleness.get(reply.staleness, 0) + 1
             return
-        self.rejected += 1
         if self.nonfinite == "raise":
             raise FloatingPointError(
                 f"hvd_dc worker {self.ctx.worker_rank}: the gradient has NaN/Inf elements; the server "
