@@ -154,7 +154,10 @@ def staging_row(device: torch.device, params_target: int, batch: int, repeats: i
 
     alone_s = timed(fwd_bwd, device, repeats)
     copies_s = timed(exchange_copies, device, repeats)
-    hooks = [p.register_post_accumulate_grad_hook(lambda _p, i=i: st.stage_parameter(i)) for i, p in enumerate(params)]
+    def stage(index):
+        return lambda _param: st.stage_parameter(index) and None  # a hook returns nothing
+
+    hooks = [p.register_post_accumulate_grad_hook(stage(i)) for i, p in enumerate(params)]
     staged_s = timed(lambda: (fwd_bwd(), exchange_copies()), device, repeats)
     for h in hooks:
         h.remove()

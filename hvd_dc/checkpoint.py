@@ -1,10 +1,13 @@
 """Server-state checkpoints: what is saved, how it is written, how it is read back.
 
-A checkpoint holds everything :class:`~hvd_dc.server_state.ServerState` needs to continue
-the same trajectory: the master weights, every worker's backup ``w_bak(m)``, the
-MeanSquare buffers, the wrapped optimizer's ``state_dict()`` (momentum buffers, Adam
-moments, the current lr), the update/push counters, the staleness record (one histogram per
-worker), and a description of the model that is checked on load.
+Each server rank writes its own file (:func:`server_path`) with everything its chunks'
+states (:class:`~hvd_dc.server_state.ShardState`) need to continue the same trajectory,
+per chunk: the master weights, every worker's backup ``w_bak(m)``, the MeanSquare
+buffers, the wrapped optimizer's ``state_dict()`` (momentum buffers, Adam moments, the
+current lr), the update/push counters and the staleness record; and, for the file, the
+server's counts, a description of the model and of its chunking, checked on load. A
+server writes only when every worker's pushes have reached all of its chunks alike, so a
+file never holds half a push.
 
 * Format: a ``torch.save`` file of tensors, numbers, strings, lists and dicts only, so it
   loads with ``torch.load(weights_only=True)``; no pickled classes.
@@ -18,18 +21,19 @@ from __future__ import annotations
 import glob
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from .fault_injection import fault_point
 
-__all__ = ["FORMAT", "save_atomic", "load", "snapshot", "restore", "CheckpointMismatch"]
+__all__ = ["FORMAT", "save_atomic", "load", "snapshot", "restore", "server_path", "CheckpointMismatch"]
 
 FORMAT = "hvd_dc.checkpoint/2"
-#: Formats :func:`load` reads. Version 1 had no per-worker staleness record: a resume from
-#: it starts the staleness statistics afresh.
+#: Formats :func:`load` reads. Version 1 held one state for the whole model (no chunks) and
+#: no staleness record: it resumes a job whose server has one chunk, with the staleness
+#: statistics started afresh.
 READABLE_FORMATS = ("hvd_dc.checkpoint/1", FORMAT)
 
 
@@ -68,8 +72,7 @@ def load(path: str) -> Dict[str, Any]:
     return obj
 
 
-def _describe(state) -> Dict[str, Any]:
-    spec = state.spec
+def _describe(spec) -> Dict[str, Any]:
     return {
         "params": [[p.name, list(p.shape), p.dtype, p.group] for p in spec.params],
         "optimizer_class": ".".join(spec.optimizer_class),
@@ -83,15 +86,15 @@ def _host_copy(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", copy=True)
 
 
-def snapshot(state, elapsed_s: float) -> Dict[str, Any]:
-    """Everything needed to continue ``state`` (a ServerState), as plain data and tensors."""
+def _states(shard) -> List[Any]:
+    """The per-chunk states of a ShardState, or a lone ServerState as one chunk."""
+    return list(shard.states) if hasattr(shard, "states") else [shard]
+
+
+def _record(state) -> Dict[str, Any]:
+    """Everything needed to continue one chunk's ServerState."""
     comp = state.compensator
     return {
-        "format": FORMAT,
-        "written_at": time.time(),
-        "elapsed_s": float(elapsed_s),
-        "model": _describe(state),
-        "num_workers": state.num_workers,
         "weights": _host_copy(state.weights),
         "backups": [_host_copy(b) for b in state.backups],
         "mean_square": {str(k): [_host_copy(t) for t in v] for k, v in comp.mean_square.items()},
@@ -105,11 +108,33 @@ def snapshot(state, elapsed_s: float) -> Dict[str, Any]:
     }
 
 
-def restore(state, ckpt: Dict[str, Any], path: str) -> Optional[str]:
-    """Load ``ckpt`` into ``state``. Returns a warning when only part could be restored
-    (a different number of workers: per-worker state starts afresh). Raises
-    :class:`CheckpointMismatch` naming the difference when the model differs."""
-    mine = _describe(state)
+def snapshot(shard, elapsed_s: float, plan: Optional[List[List[int]]] = None) -> Dict[str, Any]:
+    """Everything needed to continue ``shard`` (a server's ShardState, or one ServerState),
+    as plain data and tensors. ``plan``: the chunk plan's description
+    (:meth:`~hvd_dc.chunks.ChunkPlan.describe`), checked on restore. The top-level
+    ``updates``/``accepted``/``rejected`` are the server's counts (its first chunk's)."""
+    states = _states(shard)
+    first = states[0]
+    return {
+        "format": FORMAT,
+        "written_at": time.time(),
+        "elapsed_s": float(elapsed_s),
+        "model": _describe(shard.spec),
+        "plan": plan,
+        "num_workers": shard.num_workers,
+        "updates": int(first.updates),
+        "accepted": first.accepted.tolist(),
+        "rejected": first.rejected.tolist(),
+        "chunks": [_record(st) for st in states],
+    }
+
+
+def restore(shard, ckpt: Dict[str, Any], path: str, plan: Optional[List[List[int]]] = None) -> Optional[str]:
+    """Load ``ckpt`` into ``shard`` (a ShardState or one ServerState). Returns a warning
+    when only part could be restored (a different number of workers: per-worker state
+    starts afresh). Raises :class:`CheckpointMismatch` naming the difference when the
+    model or its chunking differ."""
+    mine = _describe(shard.spec)
     theirs = ckpt["model"]
     for key in ("optimizer_class", "dc_variant", "dc_mean_square"):
         if mine[key] != theirs[key]:
@@ -122,12 +147,34 @@ def restore(state, ckpt: Dict[str, Any], path: str) -> Optional[str]:
         for a, b in zip(mine["params"], theirs["params"]):
             if a != b:
                 raise CheckpointMismatch(f"checkpoint {path} has parameter {b} where this model has {a}")
+    states = _states(shard)
+    records = ckpt["chunks"] if "chunks" in ckpt else [ckpt]  # format 1: one state, no chunks
+    if "chunks" not in ckpt and len(states) != 1:
+        raise CheckpointMismatch(
+            f"checkpoint {path} was written before hvd_dc cut models into chunks; this job cuts the model into "
+            f"{len(states)} chunks on this server: resume it with HVD_DC_SERVERS=1 and a chunk size larger than "
+            "the model (HVD_DC_CHUNK_BYTES)"
+        )
+    if ckpt.get("plan") is not None and plan is not None and ckpt["plan"] != plan:
+        raise CheckpointMismatch(
+            f"checkpoint {path} was written with another chunking ({len(ckpt['plan'])} chunks, over "
+            f"{1 + max(c[3] for c in ckpt['plan'])} server(s)) than this job's ({len(plan)} chunks, over "
+            f"{1 + max(c[3] for c in plan)} server(s)): resume with the same HVD_DC_SERVERS and HVD_DC_CHUNK_BYTES"
+        )
+    if len(records) != len(states):
+        raise CheckpointMismatch(f"checkpoint {path} holds {len(records)} chunks but this server has {len(states)}")
+    warning = None
+    for state, record in zip(states, records):
+        warning = _restore_state(state, record, int(ckpt["num_workers"]), path)
+    return warning
+
+
+def _restore_state(state, ckpt: Dict[str, Any], num_workers: int, path: str) -> Optional[str]:
     state.weights.copy_(ckpt["weights"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.updates = int(ckpt["updates"])
-    same_workers = int(ckpt["num_workers"]) == state.num_workers
     comp = state.compensator
-    if same_workers:
+    if num_workers == state.num_workers:
         for b, saved in zip(state.backups, ckpt["backups"]):
             b.copy_(saved)
         for key, bufs in ckpt["mean_square"].items():
@@ -147,7 +194,13 @@ def restore(state, ckpt: Dict[str, Any], path: str) -> Optional[str]:
         for t, saved in zip(comp.mean_square[0], ckpt["mean_square"]["0"]):
             t.copy_(saved)
     return (
-        f"checkpoint {path} was written with {ckpt['num_workers']} workers and this job has {state.num_workers}: "
+        f"checkpoint {path} was written with {num_workers} workers and this job has {state.num_workers}: "
         "restored the weights, the optimizer state and the update count; every worker starts from the restored "
         "weights with fresh per-worker state"
     )
+
+
+def server_path(path: str, server: int, servers: int) -> str:
+    """Where server ``server`` of ``servers`` keeps its checkpoint: ``path`` itself with one
+    server, else ``<path>.server<s>``."""
+    return path if servers == 1 else f"{path}.server{server}"

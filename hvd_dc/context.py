@@ -1,11 +1,11 @@
 """The job's one :class:`Context`: what ``hvd_dc.init()`` set up for this process.
 
-It holds the duplicated world communicator, this process's role (``"server"``,
-``"worker"`` or ``"solo"`` in a world of one), the workers' communicator and the
-node-local one, the :class:`~hvd_dc.settings.Settings` read at ``init``, and the workers'
-served models. Every module that needs one of these takes it from :func:`current`; only
+It holds the duplicated world communicator, the :class:`~hvd_dc.protocol.Topology`
+(which ranks serve), this process's role (``"server"``, ``"worker"`` or ``"solo"`` in a
+world of one), the workers' communicator and the node-local one, the
+:class:`~hvd_dc.settings.Settings` read at ``init``, and the workers' served models. Every module that needs one of these takes it from :func:`current`; only
 :mod:`hvd_dc.runtime` creates and ends the context. This module imports no other part of
-hvd_dc but the settings and the rank constants, so anything may import it.
+hvd_dc but the settings and the protocol's types, so anything may import it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from mpi4py import MPI
 
-from .protocol import FIRST_WORKER_RANK, SERVER_RANK
+from .protocol import Topology
 from .settings import Settings
 
 __all__ = ["Context", "current", "install", "peek"]
@@ -28,9 +28,10 @@ class Context:
         self.settings = settings
         wsize = world.Get_size()
         wrank = world.Get_rank()
+        self.topology = Topology(settings.servers if wsize > 1 else 0, wsize)
         if wsize == 1:
             self.role = "solo"
-        elif wrank == SERVER_RANK:
+        elif wrank < self.topology.servers:
             self.role = "server"
         else:
             self.role = "worker"
@@ -48,7 +49,7 @@ class Context:
 
     @property
     def num_workers(self) -> int:
-        return self.world.Get_size() - FIRST_WORKER_RANK if self.role != "solo" else 1
+        return self.topology.num_workers
 
     @property
     def worker_rank(self) -> int:

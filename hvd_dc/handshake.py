@@ -1,18 +1,25 @@
-"""Start-up: how a model comes to be served, both halves in one place.
+"""Start-up: how roles are agreed and how a model comes to be served, both halves here.
+
+At ``init``, :func:`agree_on_settings`: every rank sends its
+:class:`~hvd_dc.protocol.RankSettings` (``HVD_DC_SERVERS``, ``HVD_DC_CHUNK_BYTES``) to
+world rank 0, which compares them and answers each rank; a disagreement is one error, the
+same on every rank, naming the ranks that differ.
 
 Worker side, :func:`join` (every worker calls it from ``DistributedDCOptimizer``):
 
 1. **The workers agree on the model.** Each sends its ``ModelSpec`` to worker 0, which
    compares them (:func:`hvd_dc.layout.diff_specs`) and answers every worker with one
    :class:`~hvd_dc.protocol.ModelCheck`. A difference becomes the same ``ValueError`` on
-   every worker and an :class:`~hvd_dc.protocol.Abort` to the server; a worker that does
+   every worker and an :class:`~hvd_dc.protocol.Abort` to every server; a worker that does
    not arrive within ``start_timeout`` is named to all.
-2. **Worker 0 registers it**: :class:`~hvd_dc.protocol.Register` to the server.
-3. **Everyone allocates the windows** (collective with the server).
-4. **Worker 0 sends the initial weights**; the server builds its state (or resumes from a
-   checkpoint) and answers every worker with a :class:`~hvd_dc.protocol.Registration`.
-5. **Each worker opens its epoch and reads its reply area**: the initial weights, which
-   are its ``w_bak(m)``.
+2. **Worker 0 registers it**: :class:`~hvd_dc.protocol.Register` to every server.
+3. **Everyone allocates the windows** (collective over the world; each server holds its
+   chunks' areas, :class:`~hvd_dc.chunks.ChunkPlan`).
+4. **Worker 0 sends the initial weights** to every server; each builds its chunks' state
+   (or resumes its checkpoint) and answers every worker with a
+   :class:`~hvd_dc.protocol.Registration`.
+5. **Each worker opens its epoch and reads every chunk's reply area**: the initial
+   weights, which are its ``w_bak(m)``.
 
 Server side, :func:`accept` (the server loop calls it on a ``Register``) does steps 3-4
 from the other end. Every wait is bounded by ``start_timeout`` and names the rank that did
@@ -27,66 +34,121 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mpi4py import MPI
 
+from .chunks import ChunkPlan, chunk_spec
 from .context import Context
 from .host_checks import check_shm
 from .layout import ModelSpec, diff_specs
 from .protocol import (
-    FIRST_WORKER_RANK,
-    SERVER_RANK,
     Abort,
     ModelCheck,
+    RankSettings,
     Register,
     Registration,
     ServerWindows,
     Tag,
     WindowLayout,
     WorkerChannel,
-    world_rank,
 )
+from .settings import Settings
 from .waiting import HvdDcTimeout, recv, wait_request, wait_until
 
-__all__ = ["join", "accept"]
+__all__ = ["agree_on_settings", "join", "accept"]
 
 log = logging.getLogger("hvd_dc.server")
+
+
+# -- every rank, at init -------------------------------------------------------------------------
+
+
+def agree_on_settings(world: MPI.Comm, settings: Settings) -> None:
+    """Check that every rank has the same ``HVD_DC_SERVERS`` and ``HVD_DC_CHUNK_BYTES``;
+    raise the same ``RuntimeError`` on every rank if not. Collective over ``world``."""
+    mine = RankSettings(settings.servers, settings.chunk_bytes)
+    size, me = world.Get_size(), world.Get_rank()
+    timeout = settings.start_timeout
+    if me == 0:
+        seen: Dict[int, RankSettings] = {0: mine}
+        pending = {r: world.irecv(source=r, tag=Tag.AGREE) for r in range(1, size)}
+
+        def all_arrived() -> bool:
+            for r in list(pending):
+                done, msg = pending[r].test()
+                if done:
+                    seen[r] = msg
+                    del pending[r]
+            return not pending
+
+        wait_until(all_arrived, timeout, lambda: (
+            f"world rank 0: world rank(s) {', '.join(str(r) for r in sorted(pending))} did not reach hvd_dc.init() "
+            f"within {timeout:g} s (set HVD_DC_START_TIMEOUT to wait longer)"))
+        verdict = None
+        for field, name in (("servers", "HVD_DC_SERVERS"), ("chunk_bytes", "HVD_DC_CHUNK_BYTES")):
+            values: Dict[int, List[int]] = {}
+            for r in range(size):
+                values.setdefault(getattr(seen[r], field), []).append(r)
+            if len(values) > 1:
+                verdict = "the ranks disagree on " + name + ": " + "; ".join(
+                    f"{v} on world rank(s) {', '.join(map(str, rs))}" for v, rs in sorted(values.items()))
+                break
+        for r in range(1, size):
+            world.send(verdict, dest=r, tag=Tag.AGREE)
+    else:
+        world.send(mine, dest=0, tag=Tag.AGREE)
+        verdict = recv(world, 0, Tag.AGREE, 2 * timeout, lambda: (
+            f"world rank {me}: world rank 0 did not confirm the settings within {2 * timeout:g} s"))
+    if verdict:
+        raise RuntimeError(f"hvd_dc.init(): {verdict}; set them alike on every rank")
+    if settings.servers >= size:
+        raise RuntimeError(
+            f"hvd_dc.init(): HVD_DC_SERVERS={settings.servers} but the job has {size} ranks: at least one worker "
+            f"is needed (launch {settings.servers + 1} ranks or more)")
 
 
 # -- worker side --------------------------------------------------------------------------------
 
 
-def join(ctx: Context, spec: ModelSpec, params: Sequence[torch.Tensor], pin_memory: bool = False
-         ) -> Tuple[WorkerChannel, Registration]:
-    """Register ``spec`` with the server; return this worker's open channel, whose reply
-    area holds the initial weights, and the server's :class:`Registration`.
+def join(ctx: Context, spec: ModelSpec, params: Sequence[torch.Tensor], pin_memory: bool = False,
+         double_buffer: bool = True) -> Tuple[WorkerChannel, List[Registration]]:
+    """Register ``spec`` with the servers; return this worker's open channel, whose weight
+    buffer 0 holds the initial weights, and every server's :class:`Registration`.
 
     ``params``: the model's parameters in ``spec.params`` order (worker 0 sends their
-    values as the initial weights). Collective over every worker and the server.
+    values as the initial weights). Collective over every worker and every server.
     """
     _agree_on_model(ctx, spec)
+    topo = ctx.topology
     me = ctx.worker_rank
     timeout = ctx.settings.start_timeout
     if me == 0:
-        ctx.world.send(Register(spec), dest=SERVER_RANK, tag=Tag.CONTROL)
-    wl = WindowLayout.for_spec(spec, ctx.num_workers)
-    channel = WorkerChannel(ctx.world, wl, me, ctx.settings.timeout, pin_memory=pin_memory)  # collective
+        for s in topo.server_ranks:
+            ctx.world.send(Register(spec), dest=s, tag=Tag.CONTROL)
+    plan = ChunkPlan.for_spec(spec, topo.servers)
+    layouts = [WindowLayout.for_server(spec, plan, s, topo.num_workers) for s in topo.server_ranks]
+    channel = WorkerChannel(ctx.world, topo, plan, layouts, me, ctx.settings.timeout, pin_memory=pin_memory,
+                            double_buffer=double_buffer)  # collective with the servers
     if me == 0:
-        layout = wl.layout
+        layout = plan.layout
         initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
         with torch.no_grad():
             for view, p in zip(layout.param_views(initial), params):
                 view.copy_(p.detach())
-        req = ctx.world.Isend([initial.numpy(), layout.nbytes, MPI.BYTE], dest=SERVER_RANK, tag=Tag.WEIGHTS)
-        wait_request(req, timeout, _server_silent(ctx, "receive the initial weights"))
-    registration = recv(ctx.world, SERVER_RANK, Tag.REGISTERED, timeout, _server_silent(ctx, "register the model"))
-    if not registration.ok:
+        for s in topo.server_ranks:
+            req = ctx.world.Isend([initial.numpy(), layout.nbytes, MPI.BYTE], dest=s, tag=Tag.WEIGHTS)
+            wait_request(req, timeout, _server_silent(ctx, s, "receive the initial weights"))
+    registrations = [recv(ctx.world, s, Tag.REGISTERED, timeout, _server_silent(ctx, s, "register the model"))
+                     for s in topo.server_ranks]
+    errors = [f"server (world rank {s}): {r.error}" if topo.servers > 1 else r.error
+              for s, r in enumerate(registrations) if not r.ok]
+    if errors:
         channel.free()
-        raise RuntimeError(f"hvd_dc: {registration.error}")
-    channel.open()
-    return channel, registration
+        raise RuntimeError(f"hvd_dc: {'; '.join(errors)}")
+    channel.open(target=0)
+    return channel, registrations
 
 
-def _server_silent(ctx: Context, what: str) -> Callable[[], str]:
+def _server_silent(ctx: Context, server: int, what: str) -> Callable[[], str]:
     return lambda: (
-        f"worker {ctx.worker_rank}: the parameter server (world rank {SERVER_RANK}) did not {what} within "
+        f"worker {ctx.worker_rank}: the parameter server (world rank {server}) did not {what} within "
         f"{ctx.settings.start_timeout:g} s (set HVD_DC_START_TIMEOUT to wait longer)"
     )
 
@@ -109,7 +171,7 @@ def _agree_on_model(ctx: Context, spec: ModelSpec) -> None:
             return not pending
 
         def missing() -> str:
-            names = ", ".join(f"worker {r} (world rank {world_rank(r)})" for r in sorted(pending))
+            names = ", ".join(ctx.topology.name(r) for r in sorted(pending))
             return (f"{names} did not reach DistributedDCOptimizer within {timeout:g} s "
                     "(set HVD_DC_START_TIMEOUT to wait longer)")
 
@@ -119,7 +181,8 @@ def _agree_on_model(ctx: Context, spec: ModelSpec) -> None:
             for r in specs:
                 if r != 0:
                     workers.send(ModelCheck(missing=str(exc)), dest=r, tag=Tag.MODEL_CHECK)
-            ctx.world.send(Abort(str(exc)), dest=SERVER_RANK, tag=Tag.CONTROL)
+            for s in ctx.topology.server_ranks:
+                ctx.world.send(Abort(str(exc)), dest=s, tag=Tag.CONTROL)
             raise HvdDcTimeout(f"hvd_dc worker 0: {exc}") from None
         difference = None
         for r in range(1, workers.Get_size()):
@@ -130,13 +193,14 @@ def _agree_on_model(ctx: Context, spec: ModelSpec) -> None:
             if r != 0:
                 workers.send(ModelCheck(difference=difference), dest=r, tag=Tag.MODEL_CHECK)
         if difference:
-            ctx.world.send(Abort(f"the workers' models differ: {difference}"), dest=SERVER_RANK, tag=Tag.CONTROL)
+            for s in ctx.topology.server_ranks:
+                ctx.world.send(Abort(f"the workers' models differ: {difference}"), dest=s, tag=Tag.CONTROL)
     else:
         workers.send(spec, dest=0, tag=Tag.MODEL_CHECK)
         # worker 0 decides at start_timeout; wait longer so that its diagnosis arrives
         check: ModelCheck = recv(
             workers, 0, Tag.MODEL_CHECK, 2 * timeout,
-            lambda: f"worker {me}: worker 0 (world rank {FIRST_WORKER_RANK}) did not confirm the model within "
+            lambda: f"worker {me}: worker 0 (world rank {ctx.topology.world_rank(0)}) did not confirm the model within "
             f"{2 * timeout:g} s",
         )
         if check.missing:
@@ -148,28 +212,34 @@ def _agree_on_model(ctx: Context, spec: ModelSpec) -> None:
 
 # -- server side --------------------------------------------------------------------------------
 
-#: Builds the server's state for a model from the initial weights and the reply areas;
+#: Builds a server's state for its chunks from the initial weights and its reply areas;
 #: returns it and the Registration to send (the server loop supplies it).
-MakeState = Callable[[torch.Tensor, List[torch.Tensor]], Tuple[Any, Registration]]
+MakeState = Callable[[torch.Tensor, List[List[torch.Tensor]]], Tuple[Any, Registration]]
 
 
-def accept(ctx: Context, spec: ModelSpec, index: int, make_state: MakeState) -> Optional[Tuple[ServerWindows, Any]]:
-    """The server's half of steps 3-4 for model ``index``: allocate the windows with the
-    workers, receive the initial weights, build the state with ``make_state`` and tell
-    every worker the outcome. Returns ``(windows, state)``, or None when the model cannot
-    be served (the workers then raise the error; the server goes on until they leave)."""
-    world = ctx.world
+def accept(ctx: Context, spec: ModelSpec, index: int, make_state: MakeState
+           ) -> Optional[Tuple[ServerWindows, Any, ChunkPlan]]:
+    """This server's half of steps 3-4 for model ``index``: allocate the windows with every
+    rank, receive the initial weights, build the state of this server's chunks with
+    ``make_state`` and tell every worker the outcome. Returns ``(windows, state, plan)``,
+    or None when the model cannot be served (the workers then raise the error; the server
+    goes on until they leave)."""
+    world, topo = ctx.world, ctx.topology
+    me = world.Get_rank()
     timeout = ctx.settings.start_timeout
-    wl = WindowLayout.for_spec(spec, ctx.num_workers)
+    plan = ChunkPlan.for_spec(spec, topo.servers)
+    wl = WindowLayout.for_server(spec, plan, me, topo.num_workers)
     shm_problem = check_shm(wl.total_nbytes)  # too small a /dev/shm: SIGBUS or a hang next
     if shm_problem:
         log.warning("model %d: %s", index, shm_problem)
-    windows = ServerWindows(world, wl)  # collective with every worker
-    initial = torch.empty(wl.layout.nbytes, dtype=torch.uint8)
-    req = world.Irecv([initial.numpy(), MPI.BYTE], source=FIRST_WORKER_RANK, tag=Tag.WEIGHTS)
+    chunk_layouts = [chunk_spec(spec, c).layout() for c in wl.chunks]
+    windows = ServerWindows(world, topo, wl, chunk_layouts)  # collective with every rank
+    initial = torch.empty(plan.layout.nbytes, dtype=torch.uint8)
+    first = topo.world_rank(0)
+    req = world.Irecv([initial.numpy(), MPI.BYTE], source=first, tag=Tag.WEIGHTS)
     wait_request(
         req, timeout,
-        lambda: f"parameter server: worker 0 (world rank {FIRST_WORKER_RANK}) did not send the initial weights "
+        lambda: f"parameter server (world rank {me}): worker 0 (world rank {first}) did not send the initial weights "
         f"within {timeout:g} s",
     )
     state = None
@@ -178,9 +248,9 @@ def accept(ctx: Context, spec: ModelSpec, index: int, make_state: MakeState) -> 
     except Exception as exc:
         log.error("cannot serve model %d: %s", index, exc)
         registration = Registration(error=f"the parameter server cannot serve this model: {exc}")
-    for r in range(FIRST_WORKER_RANK, world.Get_size()):
+    for r in topo.worker_ranks:
         world.send(registration, dest=r, tag=Tag.REGISTERED)
     if state is None:
         windows.free()
         return None
-    return windows, state
+    return windows, state, plan

@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .chunks import ChunkPlan
 from .host_checks import check_shm, check_world_size
 from .layout import FlatLayout, ParamInfo
 from .protocol import WindowLayout
+from .settings import DEFAULT_CHUNK_BYTES
 
 __all__ = [
     "main",
@@ -96,14 +98,18 @@ def window_bytes(model_params: int, num_workers: int, bytes_per_param: int = 4, 
                  hyper_slots: int = 16) -> int:
     """Bytes of the server's shared-memory windows for a model of ``model_params``
     elements of ``bytes_per_param`` bytes: per worker a push area (the gradient, in the
-    wire dtype) and a reply area (the weights), plus headers; the same computation as the
-    server's (:class:`hvd_dc.protocol.WindowLayout`). ``hyper_slots``: the optimizer's
+    wire dtype) and a reply area (the weights), plus headers, all on one server rank with
+    the default chunking; the same computation as the server's
+    (:class:`hvd_dc.protocol.WindowLayout`). ``hyper_slots``: the optimizer's
     float hyperparameters sent with each push (a generous guess by default)."""
     dtypes = {2: "float16", 4: "float32", 8: "float64"}
     if bytes_per_param not in dtypes:
         raise ValueError(f"bytes per parameter must be 2, 4 or 8; got {bytes_per_param}")
     layout = FlatLayout([ParamInfo("model", (int(model_params),), dtypes[bytes_per_param], 0)], wire_fp16=fp16_wire)
-    return WindowLayout(layout, hyper_slots, num_workers).total_nbytes
+    # past 100k chunks the per-chunk headers are < 0.01 % of the bytes: estimate with one chunk
+    chunk_bytes = DEFAULT_CHUNK_BYTES if model_params * bytes_per_param < 100_000 * DEFAULT_CHUNK_BYTES else 0
+    plan = ChunkPlan(layout, chunk_bytes, 1, elementwise=True)
+    return WindowLayout(plan.of_server(0), hyper_slots, num_workers).total_nbytes
 
 
 @dataclass

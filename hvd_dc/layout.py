@@ -26,9 +26,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .dc_math import DCOptions
+from .settings import DEFAULT_CHUNK_BYTES
 
 __all__ = [
     "ALIGN",
+    "ELEMENTWISE_OPTIMIZERS",
     "align_up",
     "ParamInfo",
     "ModelSpec",
@@ -40,6 +42,15 @@ __all__ = [
     "resolve_class",
     "scalar_hyperparameters",
 ]
+
+#: Optimizer classes whose update of an element depends only on that element's own
+#: gradient and state (exactly these classes, not subclasses), so running them on a flat
+#: concatenation, or any slice of one, is exact.
+ELEMENTWISE_OPTIMIZERS = tuple(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta", "Rprop", "ASGD")
+    if hasattr(torch.optim, name)
+)
 
 #: Alignment of every segment and area, in bytes (one cache line, enough for any dtype).
 ALIGN = 64
@@ -94,7 +105,9 @@ class ModelSpec:
     holds each group's hyperparameters without ``params``. ``hyper_slots`` lists the
     float-valued hyperparameters, ``(group, key, index)``, that workers send with every
     push so that lr schedulers on the workers drive the server's optimizer. ``staging`` is
-    the workers' ``HVD_DC_STAGING``, which the server follows.
+    the workers' ``HVD_DC_STAGING``, which the server follows. ``elementwise`` says whether
+    the optimizer's class is in :data:`ELEMENTWISE_OPTIMIZERS`, and ``chunk_bytes`` how the
+    model is cut into chunks (:mod:`hvd_dc.chunks`).
     """
 
     params: List[ParamInfo]
@@ -110,6 +123,8 @@ class ModelSpec:
     checkpoint_every_seconds: Optional[float] = None
     server_device: str = "auto"
     staging: str = "auto"
+    elementwise: bool = True
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
     @classmethod
     def from_optimizer(
@@ -126,6 +141,7 @@ class ModelSpec:
         checkpoint_every_seconds: Optional[float] = None,
         server_device: str = "auto",
         staging: str = "auto",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> "ModelSpec":
         """The spec of ``optimizer``'s model. ``params``: the ``(parameter, group index)``
         pairs to serve (default: every parameter of every group); ``names``: theirs
@@ -148,6 +164,8 @@ class ModelSpec:
             checkpoint_every_seconds=checkpoint_every_seconds,
             server_device=server_device,
             staging=staging,
+            elementwise=type(optimizer) in ELEMENTWISE_OPTIMIZERS,
+            chunk_bytes=chunk_bytes,
         )
 
     def layout(self) -> "FlatLayout":
@@ -164,6 +182,7 @@ class ModelSpec:
             "checkpoint_every_seconds": self.checkpoint_every_seconds,
             "server_device": self.server_device,
             "HVD_DC_STAGING": self.staging,
+            "chunk_bytes": self.chunk_bytes,
         }
 
 

@@ -21,22 +21,26 @@ from mpi4py import MPI
 from . import context as _context
 from .context import Context
 from .fault_injection import arm as _arm_fault
+from .handshake import agree_on_settings
 from .host_checks import check_world_size
-from .protocol import SERVER_RANK, Goodbye, Tag
+from .protocol import Goodbye, Tag
 from .server import ServerAbort, serve
 from .settings import Settings
 
 __all__ = ["init", "shutdown", "is_initialized", "size", "rank", "local_rank", "local_size", "abort_job"]
 
 
-def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start_timeout: Optional[float] = None) -> None:
-    """Start hvd_dc. World rank 0 becomes the parameter server and never returns.
+def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start_timeout: Optional[float] = None,
+         servers: Optional[int] = None) -> None:
+    """Start hvd_dc. World ranks ``0 .. servers-1`` become parameter servers and never return.
 
     ``comm``: the MPI communicator of the job (default ``MPI.COMM_WORLD``); Horovod's
     list-of-ranks form is not supported. ``timeout``: seconds any wait on another rank
     may take once training runs (default ``$HVD_DC_TIMEOUT`` or 300). ``start_timeout``:
     the same for start-up and registration, where ranks may still be loading data
-    (default ``$HVD_DC_START_TIMEOUT`` or 600). Every other setting comes from the
+    (default ``$HVD_DC_START_TIMEOUT`` or 600). ``servers``: how many ranks serve the
+    model's chunks (default ``$HVD_DC_SERVERS`` or 1; every rank must pass the same; see
+    README "Scaling out"). Every other setting comes from the
     ``HVD_DC_*`` environment variables, read here once (:mod:`hvd_dc.settings`). Calling
     ``init`` twice is harmless.
     """
@@ -56,6 +60,10 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
             if not float(value) > 0:
                 raise ValueError("hvd_dc.init(): timeouts must be > 0 seconds")
             settings = settings.replace(**{name: float(value)})
+    if servers is not None:
+        if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
+            raise ValueError(f"hvd_dc.init(servers=...) must be an int >= 1; got {servers!r}")
+        settings = settings.replace(servers=servers)
     _configure_logging(settings.log_level)
     _arm_fault(settings.fault)
     if comm is None:
@@ -64,7 +72,10 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
         problem = check_world_size(1, os.environ)
         if problem:
             raise RuntimeError(problem)
-    ctx = Context(comm.Dup(), settings)
+    world = comm.Dup()
+    if world.Get_size() > 1:
+        agree_on_settings(world, settings)
+    ctx = Context(world, settings)
     _context.install(ctx)
     if ctx.role == "server":
         _run_server(ctx)  # never returns
@@ -140,11 +151,9 @@ def shutdown() -> None:
         ctx.served.clear()
         return
     if ctx.server_lost:
-        abort_job(
-            f"hvd_dc worker {ctx.worker_rank}: the parameter server (world rank {SERVER_RANK}) stopped "
-            "answering; ending the job"
-        )
-    ctx.world.send(Goodbye(), dest=SERVER_RANK, tag=Tag.CONTROL)
+        abort_job(f"hvd_dc worker {ctx.worker_rank}: a parameter server stopped answering; ending the job")
+    for s in ctx.topology.server_ranks:
+        ctx.world.send(Goodbye(), dest=s, tag=Tag.CONTROL)
     for served in ctx.served:
         served.close()  # type: ignore[attr-defined]
     ctx.served.clear()

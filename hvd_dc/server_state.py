@@ -37,20 +37,12 @@ import numpy as np
 import torch
 
 from . import kernels
+from .chunks import chunk_spec
 from .dc_math import DelayCompensator
-from .layout import ModelSpec, resolve_class, write_hyperparameters
+from .layout import ELEMENTWISE_OPTIMIZERS, ModelSpec, resolve_class, write_hyperparameters
 from .stats import StalenessRecord, summarize_hist
 
-__all__ = ["ServerState", "ELEMENTWISE_OPTIMIZERS"]
-
-#: Optimizer classes whose update of an element depends only on that element's own
-#: gradient and state, so running them on a flat concatenation is exact.
-ELEMENTWISE_OPTIMIZERS = tuple(
-    getattr(torch.optim, name)
-    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad", "Adadelta", "Rprop", "ASGD")
-    if hasattr(torch.optim, name)
-)
-
+__all__ = ["ServerState", "ShardState"]
 
 class ServerState:
     """Master weights, optimizer and DC state for one served model.
@@ -359,3 +351,69 @@ class _FusedSGDUpdate(_FusedCompensationUpdate):
             not group["momentum"] or state.get(p, {}).get("momentum_buffer") is not None
             for p, group in zip(self._params, self._groups)
         )
+
+
+class ShardState:
+    """The chunks of one model that one server rank owns: one :class:`ServerState` per
+    chunk (the chunk as a model of its own), so Algorithm 2 runs on each chunk alone and
+    stays exact element by element.
+
+    ``initial_weights``: the whole model (uint8, model layout); ``replies[m][j]``: worker
+    ``m``'s reply area of the server's ``j``-th chunk. The counters this server reports
+    (``updates``, ``accepted``, ``rejected``, ``staleness``) are those of its first chunk:
+    every request reaches every chunk, so all its chunks count the same pushes.
+    """
+
+    def __init__(self, spec: ModelSpec, chunks: Sequence, initial_weights: torch.Tensor,
+                 replies: Sequence[Sequence[torch.Tensor]], device: Optional[torch.device | str] = None,
+                 kernels: str = "fused") -> None:
+        self.spec = spec
+        self.chunks = list(chunks)
+        self.num_workers = spec.num_workers
+        self.states: List[ServerState] = []
+        for j, c in enumerate(self.chunks):
+            sub = chunk_spec(spec, c)
+            initial = torch.zeros(sub.layout().nbytes, dtype=torch.uint8)
+            initial[: c.nbytes] = initial_weights[c.offset : c.offset + c.nbytes]
+            self.states.append(ServerState(sub, initial, [replies[m][j] for m in range(self.num_workers)],
+                                           device=device, kernels=kernels))
+        self.device = self.states[0].device if self.states else torch.device("cpu")
+        self.staged = device is not None
+
+    @property
+    def chunk_layouts(self) -> List:
+        return [st.layout for st in self.states]
+
+    def pushes_settled(self) -> bool:
+        """Every worker's pushes reached every chunk alike (no push half applied): the
+        moment a checkpoint can be written."""
+        if not self.states:
+            return True
+        first = self.states[0].accepted + self.states[0].rejected
+        return all(np.array_equal(first, st.accepted + st.rejected) for st in self.states[1:])
+
+    @property
+    def updates(self) -> int:
+        return self.states[0].updates if self.states else 0
+
+    @property
+    def accepted(self) -> np.ndarray:
+        return self.states[0].accepted if self.states else np.zeros(self.num_workers, dtype=np.int64)
+
+    @property
+    def rejected(self) -> np.ndarray:
+        return self.states[0].rejected if self.states else np.zeros(self.num_workers, dtype=np.int64)
+
+    @property
+    def staleness(self) -> StalenessRecord:
+        return self.states[0].staleness if self.states else StalenessRecord(self.num_workers)
+
+    @property
+    def update_path(self) -> str:
+        return type(self.states[0].update).__name__ if self.states else "none"
+
+    def summary(self) -> dict:
+        out = self.states[0].summary() if self.states else {"updates": 0, "rejected": 0, "staleness_mean": 0.0,
+                                                             "staleness_max": 0, "finite": True}
+        out["finite"] = all(st.summary()["finite"] for st in self.states)
+        return out

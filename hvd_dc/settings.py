@@ -20,6 +20,13 @@ variable                       meaning
 ``HVD_DC_STAGING``             ``auto`` (default: stage CUDA models only) or ``always``
 ``HVD_DC_FAULT``               ``<point>:<n>``: fault injection for the tests
 ``HVD_DC_ALLOW_SINGLETON``     ``1``: accept a world of one that the launcher did not mean
+``HVD_DC_SERVERS``             server ranks: world ranks 0..S-1 serve (default 1); every
+                               rank must have the same value
+``HVD_DC_CHUNK_BYTES``         bytes per chunk of the model (default 4096000; 0: one chunk
+                               per optimizer group and dtype); every rank the same
+``HVD_DC_SERVER_THREADS``      threads a server applies chunks on (default 1)
+``HVD_DC_OVERLAP``             ``auto`` (default), ``on`` or ``off``: push chunks during
+                               backward (``DistributedDCOptimizer(overlap=...)``)
 =============================  ===========================================================
 
 ``HVD_DC_MPIEXEC`` is read by the launch helpers (``hvd-dc-run``, the tests), not here.
@@ -31,10 +38,14 @@ import dataclasses
 import os
 from typing import Mapping, Optional, Tuple
 
-__all__ = ["Settings", "KERNEL_CHOICES", "STAGING_CHOICES", "allow_singleton"]
+__all__ = ["Settings", "KERNEL_CHOICES", "STAGING_CHOICES", "OVERLAP_CHOICES", "DEFAULT_CHUNK_BYTES",
+           "allow_singleton"]
 
 KERNEL_CHOICES = ("fused", "torch")
 STAGING_CHOICES = ("auto", "always")
+OVERLAP_CHOICES = ("auto", "on", "off")
+#: BytePS's partition size (see hvd_dc.chunks)
+DEFAULT_CHUNK_BYTES = 4_096_000
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 
 
@@ -55,6 +66,19 @@ def _choice(env: Mapping[str, str], name: str, choices: Tuple[str, ...], default
     value = env.get(name) or default
     if value not in choices:
         raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}; got {value!r}")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer; got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {raw!r}")
     return value
 
 
@@ -89,6 +113,10 @@ class Settings:
     staging: str = "auto"
     fault: Optional[Tuple[str, int]] = None
     allow_singleton: bool = False
+    servers: int = 1
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    server_threads: int = 1
+    overlap: str = "auto"
 
     @classmethod
     def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -109,6 +137,10 @@ class Settings:
             staging=_choice(env, "HVD_DC_STAGING", STAGING_CHOICES, "auto"),
             fault=_fault(env),
             allow_singleton=allow_singleton(env),
+            servers=_count(env, "HVD_DC_SERVERS", 1, 1),
+            chunk_bytes=_count(env, "HVD_DC_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 0),
+            server_threads=_count(env, "HVD_DC_SERVER_THREADS", 1, 1),
+            overlap=_choice(env, "HVD_DC_OVERLAP", OVERLAP_CHOICES, "auto"),
         )
 
     def replace(self, **changes) -> "Settings":

@@ -91,10 +91,13 @@ class DeviceStaging:
 
     # -- gradients: device -> host ---------------------------------------------------------
 
-    def stage_parameter(self, index: int) -> None:
-        """Start copying parameter ``index``'s gradient to the host (it is final)."""
-        if self._staged[index] or not self._eager_allowed:
-            return
+    def stage_parameter(self, index: int) -> bool:
+        """Start copying parameter ``index``'s gradient to the host (it is final); return
+        whether it was staged (not when edits were announced with ``synchronize``)."""
+        if not self._eager_allowed:
+            return False
+        if self._staged[index]:
+            return True
         src = self.grad_views[index]
         wire = self._wire_params[index]
         if self.cuda:
@@ -110,6 +113,7 @@ class DeviceStaging:
         self._staged[index] = True
         self._staged_count += 1
         self._staged_version = self.grads._version
+        return True
 
     def eager_copy_valid(self) -> bool:
         """Every gradient was copied during backward and none changed since."""

@@ -30,7 +30,8 @@ from .dc_math import DCOptions
 from .devices import is_staged, parse_server_device, worker_device
 from .handshake import join
 from .layout import ModelSpec, dtype_name, read_hyperparameters
-from .protocol import Reply, ReplyStatus, RequestKind
+from .protocol import ReplyStatus, RequestKind
+from .settings import OVERLAP_CHOICES
 from .staging import DeviceStaging
 from .stats import worker_stats_extra
 from .waiting import HvdDcTimeout
@@ -56,6 +57,8 @@ def DistributedDCOptimizer(
     checkpoint_every_updates: Optional[int] = None,
     checkpoint_every_seconds: Optional[float] = None,
     server_device: Any = "auto",
+    overlap: Optional[str] = None,
+    chunk_bytes: Optional[int] = None,
 ) -> torch.optim.Optimizer:
     """Make ``optimizer`` train asynchronously through the DC-ASGD parameter server.
 
@@ -71,9 +74,20 @@ def DistributedDCOptimizer(
     compensated gradient; the learning rate (and every float hyperparameter) a worker's
     optimizer holds when it pushes is the one applied to that gradient.
 
-    ``nonfinite``: what a gradient with NaN/Inf does. The server always rejects it whole
-    and counts it (the model is not touched); ``"skip"`` (default) warns, rate-limited,
-    and goes on; ``"raise"`` raises ``FloatingPointError`` from ``step()``.
+    ``nonfinite``: what a gradient with NaN/Inf does. The server rejects every chunk that
+    holds one and counts it (the model is never touched by a non-finite value; the other
+    chunks of that push are applied); ``"skip"`` (default) warns, rate-limited, and goes
+    on; ``"raise"`` raises ``FloatingPointError`` from ``step()``.
+
+    ``overlap``: when gradients leave. ``"on"``: each chunk of the model is pushed as soon
+    as backward has finished every gradient in it, and its reply is read while backward
+    goes on, so ``step()`` waits only for what is left; gradients must then not be edited
+    after backward (an edit raises an error naming the fix). ``"off"``: everything is
+    pushed in ``step()``, after any edit (clipping after ``synchronize()``). ``"auto"``
+    (default, or ``$HVD_DC_OVERLAP``): the first step is pushed in ``step()``; if it
+    edited no gradient after backward and did not call ``synchronize()``, later steps
+    overlap. ``chunk_bytes``: the chunk size (default ``$HVD_DC_CHUNK_BYTES``, 4096000;
+    every rank must agree).
 
     ``checkpoint_path``: the server writes its full state there (atomically) every
     ``checkpoint_every_updates`` updates and/or ``checkpoint_every_seconds`` seconds, and
@@ -104,6 +118,12 @@ def DistributedDCOptimizer(
     _validate_checkpointing(checkpoint_path, checkpoint_every_updates, checkpoint_every_seconds)
     server_device = parse_server_device(server_device)
     ctx = context.current()
+    overlap = ctx.settings.overlap if overlap is None else overlap
+    if overlap not in OVERLAP_CHOICES:
+        raise ValueError(f"overlap must be one of {', '.join(map(repr, OVERLAP_CHOICES))}; got {overlap!r}")
+    chunk_bytes = ctx.settings.chunk_bytes if chunk_bytes is None else chunk_bytes
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 0:
+        raise ValueError(f"chunk_bytes must be an int >= 0 (0: one chunk per group and dtype); got {chunk_bytes!r}")
     params, names = _trained_parameters(optimizer, named_parameters)
     device = worker_device((n, p) for (p, _), n in zip(params, names))
     if ctx.role == "solo":
@@ -114,9 +134,10 @@ def DistributedDCOptimizer(
         checkpoint_path=None if checkpoint_path is None else os.path.abspath(checkpoint_path),
         checkpoint_every_updates=checkpoint_every_updates,
         checkpoint_every_seconds=None if checkpoint_every_seconds is None else float(checkpoint_every_seconds),
-        server_device=server_device, staging=ctx.settings.staging,
+        server_device=server_device, staging=ctx.settings.staging, chunk_bytes=chunk_bytes,
     )
-    worker = DCWorker(ctx, optimizer, [p for p, _ in params], spec, backward_passes_per_step, nonfinite, device)
+    worker = DCWorker(ctx, optimizer, [p for p, _ in params], spec, backward_passes_per_step, nonfinite, device,
+                      overlap)
     ctx.served.append(worker)
     _install(optimizer, worker)
     return optimizer
@@ -241,8 +262,8 @@ def _install(opt: torch.optim.Optimizer, worker: "DCWorker") -> None:
 
 
 class DCWorker:
-    """A worker's half of one served model: the channel to the server, the model's
-    buffers, and the counters behind ``stats()``."""
+    """A worker's half of one served model: the channel to the servers, the model's
+    buffers, when each chunk leaves, and the counters behind ``stats()``."""
 
     def __init__(
         self,
@@ -253,6 +274,7 @@ class DCWorker:
         backward_passes_per_step: int,
         nonfinite: str,
         device: torch.device,
+        overlap: str = "auto",
     ) -> None:
         self.ctx = ctx
         self.optimizer = optimizer
@@ -260,22 +282,41 @@ class DCWorker:
         self.nonfinite = nonfinite
         self.device = device
         me = ctx.worker_rank
-        self.channel, registration = join(ctx, spec, params, pin_memory=device.type == "cuda")
-        layout = self.channel.wl.layout
+        staged = is_staged(device, spec.staging)
+        self.channel, registrations = join(ctx, spec, params, pin_memory=device.type == "cuda",
+                                           double_buffer=not staged)
+        plan = self.channel.plan
         staging = None
-        if is_staged(device, spec.staging):
-            staging = DeviceStaging(layout, device, self.channel.grad_area, self.channel.weights_area,
+        if staged:
+            staging = DeviceStaging(plan.layout, device, self.channel.grad_area, self.channel.weights[0],
                                     wire_fp16=spec.compression == "fp16")
-        self.buffers = WorkerBuffers(layout, params, self.channel.grad_area, self.channel.weights_area, staging,
+        self.buffers = WorkerBuffers(plan, params, self.channel.grad_area, self.channel.weights, staging,
                                      spec.compression == "fp16", backward_passes_per_step)
-        self.resumed_from = registration.resumed_from
-        self.server_device = registration.server_device
-        self.pushes = registration.pushes[me]  # > 0 only when resuming from a checkpoint
+        self.buffers.on_ready = self._chunk_ready
+        self.buffers.on_backward_end = self._backward_ended
+        self.overlap_mode = overlap
+        # chunks can leave during backward only when their bytes are on the host by then
+        self._can_overlap = staging is None or not staging.cuda
+        self.overlapping = overlap == "on" and self._can_overlap
+        self._decided = overlap != "auto"
+        self._in_request = False
+        self._pushed_in_backward = False
+        self._synchronized = False
+        self._version_at_end: Optional[int] = None
+        first = registrations[0]
+        self.resumed_from = first.resumed_from
+        self.server_device = first.server_device
+        # after a restart each server may have applied a different number of this worker's
+        # pushes: resume from the fewest, and do not push again to a server what it applied
+        applied = [r.pushes[me] for r in registrations]
+        self.pushes = min(applied)
+        self._skip = [a - self.pushes for a in applied]
         self.pulls = 1
-        self.rejected = registration.rejected[me]
-        self.server_updates = registration.updates
+        self.rejected = max(r.rejected[me] for r in registrations)
+        home = registrations[plan.chunks[0].server]  # counts are chunk 0's (see ShardState)
+        self.server_updates = home.updates
         #: this worker's row of the server's staleness record (restored on resume)
-        self.staleness: Dict[int, int] = dict(registration.staleness[me]) if registration.staleness else {}
+        self.staleness: Dict[int, int] = dict(home.staleness[me]) if home.staleness else {}
         self._started = time.monotonic()
         self._closed = False
 
@@ -288,45 +329,125 @@ class DCWorker:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.buffers.gradients_to_push_area()  # the gradient leaves the model
-        read_hyperparameters(self.optimizer.param_groups, self.spec.hyper_slots, self.channel.hyper)
-        reply = self._exchange(RequestKind.PUSH)  # Put, the server applies it, Get: new weights in the model
-        self._count_push(reply)
-        self.buffers.reset_passes()
+        too_many = self.buffers.passes_error()
+        if too_many and not self._in_request:
+            raise RuntimeError(too_many)
+        edited = self._version_at_end is not None and self.buffers.grad_version != self._version_at_end
+        if not self._pushed_in_backward:
+            if not self._in_request:
+                self.buffers.gather_loose_grads()
+                self.buffers.gradients_to_host()
+                self._begin(RequestKind.PUSH)
+            for c in range(len(self.channel.plan.chunks)):  # the gradient leaves the model
+                if not self.channel.pushed(c):
+                    self._push(c)
+        headers = self._finish()  # the servers applied it; their new weights are now the model's
+        if too_many:  # overlap pushed at the last counted pass; the extra pass came after
+            self._end_step()
+            raise RuntimeError(too_many)
+        self._count_push(headers)
+        if self._pushed_in_backward and (edited or self._synchronized):
+            self._end_step()
+            raise RuntimeError(
+                "hvd_dc: the gradients were changed after backward (clipping, scaling, synchronize()), but with "
+                "overlap on they had already been pushed during backward and the servers applied them unchanged. "
+                "Pass overlap='off' to DistributedDCOptimizer (or set HVD_DC_OVERLAP=off) when the training loop "
+                "edits gradients between backward() and step()"
+            )
+        if self.overlap_mode == "auto" and not self._decided:
+            # the first step shows whether the loop edits gradients after backward
+            self.overlapping = self._can_overlap and not edited and not self._synchronized
+            self._decided = True
+        self._end_step()
         return loss
 
     def pull(self) -> None:
-        """Fetch the server's newest weights into the model without pushing."""
+        """Fetch the servers' newest weights into the model without pushing."""
         self._check_open()
-        self._exchange(RequestKind.PULL)
+        if self._in_request:
+            raise RuntimeError("hvd_dc: pull() between backward() and step(): call step() first")
+        self._begin(RequestKind.PULL)
+        for c in range(len(self.channel.plan.chunks)):
+            self.channel.push(c)
+        self._finish()
 
-    def _exchange(self, kind: RequestKind) -> Reply:
+    def _begin(self, kind: RequestKind) -> None:
         self.buffers.before_weights_arrive()
+        read_hyperparameters(self.optimizer.param_groups, self.spec.hyper_slots, self.channel.hyper)
+        self.channel.begin(kind, self.buffers.reply_target)
+        self._in_request = True
+
+    def _push(self, c: int) -> None:
+        """Chunk ``c`` of this step leaves (a pull only, where its server already applied
+        this step before a restart)."""
+        self.buffers.chunk_to_wire(c)
+        skip = self._skip[self.channel.plan.chunks[c].server] > 0
+        self.channel.push(c, RequestKind.PULL if skip else None)
+
+    def _finish(self):
         try:
-            reply = self.channel.exchange(kind)
+            headers = self.channel.finish()
         except HvdDcTimeout:
-            self.ctx.server_lost = True  # shutdown must not wait on the server collectively
+            self.ctx.server_lost = True  # shutdown must not wait on the servers collectively
             raise
         self.buffers.weights_arrived()  # the weights arrive in the model
+        self._in_request = False
         self.pulls += 1
-        self.server_updates = reply.updates
-        return reply
+        self.server_updates = int(headers[0][2])
+        return headers
 
-    def _count_push(self, reply: Reply) -> None:
-        self.pushes += 1
-        self.rejected = reply.rejected  # the server's count for this worker, across restarts
-        if reply.status == ReplyStatus.OK:
-            self.staleness[reply.staleness] = self.staleness.get(reply.staleness, 0) + 1
+    def _end_step(self) -> None:
+        self._pushed_in_backward = False
+        self._synchronized = False
+        self._version_at_end = None
+        self._skip = [max(0, k - 1) for k in self._skip]
+        self.buffers.reset_passes()
+
+    # -- called from backward (worker_buffers' hooks) ----------------------------------------
+
+    def _chunk_ready(self, c: int) -> None:
+        """Every gradient of chunk ``c`` is final: with overlap on, it leaves now."""
+        if not self.overlapping:
             return
+        if not self._in_request:
+            self._begin(RequestKind.PUSH)
+        self._push(c)
+        self.channel.progress()  # read the replies that are ready while backward goes on
+
+    def _backward_ended(self) -> None:
+        """The step's last backward pass ended: with overlap on, the chunks that are left
+        (parameters without a gradient, replaced ``.grad`` tensors) leave now."""
+        if self.overlapping:
+            self.buffers.gather_loose_grads()
+            self.buffers.gradients_to_host()
+            if not self._in_request:
+                self._begin(RequestKind.PUSH)
+            for c in range(len(self.channel.plan.chunks)):
+                if not self.channel.pushed(c):
+                    self._push(c)
+            self._pushed_in_backward = True
+            self.channel.progress()
+        self._version_at_end = self.buffers.grad_version
+
+    def _count_push(self, headers) -> None:
+        self.pushes += 1
+        status = headers[:, 1]
+        if (status == ReplyStatus.OK).all():
+            staleness = int(headers[0][3])
+            self.staleness[staleness] = self.staleness.get(staleness, 0) + 1
+            return
+        self.rejected += 1
+        bad = int((status != ReplyStatus.OK).sum())
+        what = ("the server rejected it and the model was not changed" if bad == len(status) else
+                f"the servers rejected the {bad} of its {len(status)} chunks that hold them, which did not change "
+                "the model; its other chunks were applied")
         if self.nonfinite == "raise":
             raise FloatingPointError(
-                f"hvd_dc worker {self.ctx.worker_rank}: the gradient has NaN/Inf elements; the server "
-                "rejected it and the model was not changed (nonfinite='raise')"
+                f"hvd_dc worker {self.ctx.worker_rank}: the gradient has NaN/Inf elements; {what} (nonfinite='raise')"
             )
         if self.rejected in (1, 10, 100) or self.rejected % 1000 == 0:
             warnings.warn(
-                f"hvd_dc worker {self.ctx.worker_rank}: the server rejected a gradient with NaN/Inf "
-                f"({self.rejected} rejected so far); the model was not changed by it",
+                f"hvd_dc worker {self.ctx.worker_rank}: a gradient with NaN/Inf ({self.rejected} so far): {what}",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -340,10 +461,23 @@ class DCWorker:
         the next backward pass accumulates into it in place; a parameter that gets no
         gradient pushes zeros.
         """
+        if self._in_request:
+            raise RuntimeError(
+                "hvd_dc: zero_grad() was called after backward() had pushed this step's gradients but before "
+                "step(); call step() first (or pass overlap='off')"
+            )
         self.buffers.zero_grad()
 
     def synchronize(self) -> None:
-        """Gradients may now be edited by any means: the next push copies them whole."""
+        """Horovod's call before editing gradients: the next ``step()`` pushes them as they
+        are then. With overlap on they have already left: that is an error."""
+        if self._pushed_in_backward or self._in_request:
+            raise RuntimeError(
+                "hvd_dc: synchronize() after backward() with overlap on: the gradients were already pushed during "
+                "backward, so an edit now would not reach the servers. Pass overlap='off' to "
+                "DistributedDCOptimizer (or set HVD_DC_OVERLAP=off) to edit gradients before step()"
+            )
+        self._synchronized = True
         self.buffers.forbid_eager_copy()
 
     def stats(self) -> Dict[str, Any]:
@@ -361,6 +495,9 @@ class DCWorker:
             "resumed_from": self.resumed_from,
             "device": str(self.device),
             "server_device": self.server_device,
+            "servers": self.ctx.topology.servers,
+            "chunks": len(self.channel.plan.chunks),
+            "overlap": self.overlapping,
             **self.buffers.staging_stats(),
             **worker_stats_extra(self.staleness, self.server_updates, time.monotonic() - self._started),
         }
@@ -370,7 +507,7 @@ class DCWorker:
             raise RuntimeError("hvd_dc has been shut down; this optimizer can no longer step or pull")
 
     def close(self) -> None:
-        """Release the windows (collective with the server, in registration order)."""
+        """Release the windows (collective with the servers, in registration order)."""
         if self._closed:
             return
         self._closed = True

@@ -115,9 +115,9 @@ def test_the_staleness_record_is_restored_with_the_counters(tmp_path):
 def test_a_version_1_checkpoint_still_loads_without_staleness(tmp_path):
     a = _state()
     push(a, 0, _grads(0))
-    old = checkpoint.snapshot(a, 0.0)
-    old["format"] = "hvd_dc.checkpoint/1"
-    del old["staleness"]
+    new = checkpoint.snapshot(a, 0.0)
+    old = {**new["chunks"][0], "format": "hvd_dc.checkpoint/1", "model": new["model"], "num_workers": 2}
+    del old["staleness"]  # format 1 had one state at the top level and no staleness record
     path = str(tmp_path / "v1.pt")
     checkpoint.save_atomic(old, path)
     b = _state(seed=3)

@@ -64,6 +64,8 @@ def test_final_checkpoint_at_shutdown_holds_the_whole_state(tmp_path):
     _run(tmp_path, 2, "--steps", "15", "--every", "1000").check()
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert ck["updates"] == 30 and ck["accepted"] == [15, 15] and ck["num_workers"] == 2
-    assert len(ck["backups"]) == 2 and set(ck["mean_square"]) == {"0", "1"}
-    assert ck["optimizer"]["param_groups"][0]["lr"] == 1.0
+    chunk = ck["chunks"][0]  # the model is one chunk; its server holds it whole
+    assert len(ck["chunks"]) == 1 and ck["plan"] == [[0, 0, 24, 0]]
+    assert len(chunk["backups"]) == 2 and set(chunk["mean_square"]) == {"0", "1"}
+    assert chunk["optimizer"]["param_groups"][0]["lr"] == 1.0
     assert ck["model"]["params"] == [["w", [4, 6], "float32", 0]]
