@@ -1,7 +1,7 @@
 """Fault injection for the reliability tests: kill or stall the server at a chosen point.
 
-Set ``HVD_DC_FAULT=<point>:<n>`` to make the server misbehave the ``n``-th time it
-reaches ``<point>`` (counted from 1). Points:
+Set ``HVD_DC_FAULT=<point>:<n>`` to make a server misbehave the ``n``-th time it
+reaches ``<point>`` (counted from 1); ``<point>:<n>@<r>`` arms world rank ``r`` only. Points:
 
 * ``kill_server_mid_update``: after the optimizer changed the master weights, before the
   reply is published (SIGKILL, the worst moment for the server to die).
@@ -26,10 +26,11 @@ _FAULT: Optional[Tuple[str, int]] = None
 _seen: Dict[str, int] = {}
 
 
-def arm(fault: Optional[Tuple[str, int]]) -> None:
-    """Trigger ``fault`` (``(point, n)``, from ``Settings.fault``) later; None disarms."""
+def arm(fault: Optional[Tuple[str, int, Optional[int]]], world_rank: int) -> None:
+    """Trigger ``fault`` (``(point, n, rank)``, from ``Settings.fault``) later, if it names
+    this rank or none; None disarms."""
     global _FAULT
-    _FAULT = fault
+    _FAULT = fault[:2] if fault is not None and fault[2] in (None, world_rank) else None
     _seen.clear()
 
 
@@ -40,7 +41,7 @@ def fault_point(point: str, handle: Any = None) -> None:
     _seen[point] = _seen.get(point, 0) + 1
     if _seen[point] != _FAULT[1]:
         return
-    print(f"hvd_dc fault injection: {point} #{_FAULT[1]}", flush=True)
+    print(f"hvd_dc fault injection: {point} #{_FAULT[1]} (PID {os.getpid()})", flush=True)
     if point == "stall_server":
         while True:
             time.sleep(3600)

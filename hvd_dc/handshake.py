@@ -125,7 +125,7 @@ def join(ctx: Context, spec: ModelSpec, params: Sequence[torch.Tensor], pin_memo
     plan = ChunkPlan.for_spec(spec, topo.servers)
     layouts = [WindowLayout.for_server(spec, plan, s, topo.num_workers) for s in topo.server_ranks]
     channel = WorkerChannel(ctx.world, topo, plan, layouts, me, ctx.settings.timeout, pin_memory=pin_memory,
-                            double_buffer=double_buffer)  # collective with the servers
+                            double_buffer=double_buffer, shm=ctx.settings.shm_windows)  # collective with the servers
     if me == 0:
         layout = plan.layout
         initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
@@ -233,7 +233,7 @@ def accept(ctx: Context, spec: ModelSpec, index: int, make_state: MakeState
     if shm_problem:
         log.warning("model %d: %s", index, shm_problem)
     chunk_layouts = [chunk_spec(spec, c).layout() for c in wl.chunks]
-    windows = ServerWindows(world, topo, wl, chunk_layouts)  # collective with every rank
+    windows = ServerWindows(world, topo, wl, chunk_layouts, shm=ctx.settings.shm_windows)  # collective with every rank
     initial = torch.empty(plan.layout.nbytes, dtype=torch.uint8)
     first = topo.world_rank(0)
     req = world.Irecv([initial.numpy(), MPI.BYTE], source=first, tag=Tag.WEIGHTS)

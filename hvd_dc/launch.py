@@ -29,8 +29,11 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -39,6 +42,7 @@ from .chunks import ChunkPlan
 from .host_checks import check_shm, check_world_size
 from .layout import FlatLayout, ParamInfo
 from .protocol import WindowLayout
+from .roll_call import DeathWatch, dead_pids, name_pid
 from .settings import DEFAULT_CHUNK_BYTES
 
 __all__ = [
@@ -238,6 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fp16", action="store_true", help="gradients travel as fp16 (Compression.fp16)")
     p.add_argument("--async-progress", action="store_true",
                    help="MPICH: turn on MPIR_CVAR_ASYNC_PROGRESS (not needed by hvd_dc; costs compute)")
+    p.add_argument("--servers", type=int, help="sets HVD_DC_SERVERS: world ranks 0..S-1 serve the model's chunks")
     p.add_argument("--timeout", type=float, help="sets HVD_DC_TIMEOUT (seconds any wait may take)")
     p.add_argument("--metrics-file", help="sets HVD_DC_METRICS_FILE (server writes JSONL metrics there)")
     p.add_argument("--log-level", help="sets HVD_DC_LOG_LEVEL (INFO shows the server's periodic statistics)")
@@ -252,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.check_only:
         if not args.model_params:
             p.error("--check-only needs --model-params")
-        needed = window_bytes(int(args.model_params), args.np - 1, args.bytes_per_param, args.fp16)
+        needed = window_bytes(int(args.model_params), args.np - (args.servers or 1), args.bytes_per_param, args.fp16)
         problem = check_shm(needed)
         print(f"hvd-dc-run: {problem}" if problem else f"hvd-dc-run: /dev/shm ok for {needed / 2**20:.0f} MiB of windows",
               file=sys.stderr if problem else sys.stdout)
@@ -261,12 +266,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("no program given: hvd-dc-run -np N python train.py ...")
 
     env_add: Dict[str, str] = {}
+    if args.servers:
+        if args.servers < 1 or args.servers >= args.np:
+            p.error(f"--servers must be 1 .. np-1 (at least one worker); got {args.servers}")
+        env_add["HVD_DC_SERVERS"] = str(args.servers)
     if args.timeout:
         env_add["HVD_DC_TIMEOUT"] = str(args.timeout)
     if args.metrics_file:
         env_add["HVD_DC_METRICS_FILE"] = os.path.abspath(args.metrics_file)
     if args.log_level:
         env_add["HVD_DC_LOG_LEVEL"] = args.log_level
+    ranks_dir = None if args.dry_run else tempfile.mkdtemp(prefix="hvd_dc-ranks-")
+    if ranks_dir:
+        env_add["HVD_DC_RANKS_DIR"] = ranks_dir  # each rank's PID, to name one that dies
+    try:
+        return _launch(args, program, env_add, ranks_dir)
+    finally:
+        if ranks_dir:
+            shutil.rmtree(ranks_dir, ignore_errors=True)
+
+
+def _launch(args, program: List[str], env_add: Dict[str, str], ranks_dir: Optional[str]) -> int:
     environ = {**os.environ, **env_add}
     try:
         plan = build_command(args.np, program, launcher=args.launcher, mpiexec=args.mpiexec, mpi=args.mpi,
@@ -277,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     plan.env = {**env_add, **plan.env}
     if args.model_params:
-        needed = window_bytes(int(args.model_params), args.np - 1, args.bytes_per_param, args.fp16)
+        needed = window_bytes(int(args.model_params), args.np - (args.servers or 1), args.bytes_per_param, args.fp16)
         problem = check_shm(needed)
         if problem:
             print(f"hvd-dc-run: {problem}", file=sys.stderr)
@@ -290,14 +310,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for n in plan.notes:
             print(f"# {n}")
         return 0
-    env = {**os.environ, **plan.env}
     sys.stdout.flush()
+    return _run_and_name_the_dead(plan.command, {**os.environ, **plan.env}, ranks_dir or "")
+
+
+def _run_and_name_the_dead(command: List[str], env: Dict[str, str], ranks_dir: str) -> int:
+    """Run the launcher, relaying its output; if the job fails and the launcher names a dead
+    process by PID, say which rank and role it was (:mod:`hvd_dc.roll_call`)."""
     try:
-        os.execvpe(plan.command[0], plan.command, env)
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     except OSError as exc:
-        print(f"hvd-dc-run: cannot run {plan.command[0]}: {exc}", file=sys.stderr)
+        print(f"hvd-dc-run: cannot run {command[0]}: {exc}", file=sys.stderr)
         return 127
-    return 0  # not reached
+    seen: List[bytes] = []
+
+    def relay(src, dst) -> None:
+        for line in iter(src.readline, b""):
+            dst.write(line)
+            dst.flush()
+            if b"PID" in line:
+                seen.append(line)
+
+    threads = [threading.Thread(target=relay, args=(proc.stdout, sys.stdout.buffer), daemon=True),
+               threading.Thread(target=relay, args=(proc.stderr, sys.stderr.buffer), daemon=True)]
+    for t in threads:
+        t.start()
+    watch = DeathWatch(ranks_dir) if ranks_dir else None
+    forwarded = {sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+        for t in threads:
+            t.join()
+    finally:
+        for sig, handler in forwarded.items():
+            signal.signal(sig, handler)
+        if watch is not None:
+            watch.stop()
+    if rc != 0 and ranks_dir:
+        # the first rank of this host to end, else the PID the launcher names
+        first = watch.first_dead if watch is not None and watch.first_dead else \
+            list(dict.fromkeys(dead_pids(b"".join(seen).decode(errors="replace"))))[:1]
+        names = [f"{who} (PID {pid})" for pid in first for who in [name_pid(ranks_dir, pid)] if who]
+        if names:
+            print(f"hvd-dc-run: the job failed: {' or '.join(names)} died first", file=sys.stderr, flush=True)
+    return rc
 
 
 if __name__ == "__main__":

@@ -301,6 +301,18 @@ class WindowLayout:
         return m * self.ctrl_block_words + len(self.chunks) + j
 
 
+def _allocate(nbytes: int, disp_unit: int, comm: MPI.Comm, shm: bool) -> MPI.Win:
+    """``Win.Allocate``; ``shm=False`` asks MPICH not to place it in shared memory."""
+    if shm:
+        return MPI.Win.Allocate(nbytes, disp_unit, comm=comm)
+    info = MPI.Info.Create()
+    info.Set("alloc_shm", "false")
+    try:
+        return MPI.Win.Allocate(nbytes, disp_unit, info, comm=comm)
+    finally:
+        info.Free()
+
+
 def _as_uint8(win: MPI.Win, nbytes: int) -> torch.Tensor:
     if nbytes == 0:
         return torch.empty(0, dtype=torch.uint8)
@@ -317,12 +329,12 @@ class ServerWindows:
     """
 
     def __init__(self, comm: MPI.Comm, topology: Topology, wl: WindowLayout,
-                 chunk_layouts: Sequence[FlatLayout]) -> None:
+                 chunk_layouts: Sequence[FlatLayout], shm: bool = True) -> None:
         self.comm = comm
         self.topology = topology
         self.wl = wl
-        self.ctrl_win = MPI.Win.Allocate(wl.ctrl_nbytes, 8, comm=comm)
-        self.data_win = MPI.Win.Allocate(wl.data_nbytes, 1, comm=comm)
+        self.ctrl_win = _allocate(wl.ctrl_nbytes, 8, comm, shm)
+        self.data_win = _allocate(wl.data_nbytes, 1, comm, shm)
         # the server's own lifetime epochs: Win.Sync and its self-atomics need them
         self.ctrl_win.Lock_all(MPI.MODE_NOCHECK)
         self.data_win.Lock_all(MPI.MODE_NOCHECK)
@@ -443,15 +455,16 @@ class WorkerChannel:
     """
 
     def __init__(self, comm: MPI.Comm, topology: Topology, plan: ChunkPlan, layouts: Sequence[WindowLayout],
-                 worker: int, timeout: float, pin_memory: bool = False, double_buffer: bool = True) -> None:
+                 worker: int, timeout: float, pin_memory: bool = False, double_buffer: bool = True,
+                 shm: bool = True) -> None:
         self.comm = comm
         self.topology = topology
         self.plan = plan
         self.layouts = list(layouts)
         self.worker = worker
         self.timeout = timeout
-        self.ctrl_win = MPI.Win.Allocate(0, 8, comm=comm)
-        self.data_win = MPI.Win.Allocate(0, 1, comm=comm)
+        self.ctrl_win = _allocate(0, 8, comm, shm)
+        self.data_win = _allocate(0, 1, comm, shm)
         layout = plan.layout
         self.grad_area = torch.zeros(layout.wire_nbytes, dtype=torch.uint8, pin_memory=pin_memory)
         self.weights = [torch.zeros(layout.nbytes, dtype=torch.uint8, pin_memory=pin_memory)

@@ -19,6 +19,7 @@ from typing import Optional
 from mpi4py import MPI
 
 from . import context as _context
+from . import roll_call
 from .context import Context
 from .fault_injection import arm as _arm_fault
 from .handshake import agree_on_settings
@@ -65,9 +66,9 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
             raise ValueError(f"hvd_dc.init(servers=...) must be an int >= 1; got {servers!r}")
         settings = settings.replace(servers=servers)
     _configure_logging(settings.log_level)
-    _arm_fault(settings.fault)
     if comm is None:
         comm = MPI.COMM_WORLD
+    _arm_fault(settings.fault, comm.Get_rank())
     if comm.Get_size() == 1 and not settings.allow_singleton:
         problem = check_world_size(1, os.environ)
         if problem:
@@ -77,6 +78,11 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
         agree_on_settings(world, settings)
     ctx = Context(world, settings)
     _context.install(ctx)
+    if settings.ranks_dir:
+        topo = ctx.topology
+        role = (f"parameter server {world.Get_rank() + 1} of {topo.servers}" if ctx.role == "server"
+                else f"worker {ctx.worker_rank}" if ctx.role == "worker" else "solo")
+        roll_call.record(settings.ranks_dir, world.Get_rank(), role)
     if ctx.role == "server":
         _run_server(ctx)  # never returns
     atexit.register(_shutdown_at_exit)

@@ -18,7 +18,7 @@ variable                       meaning
 ``HVD_DC_TENSORBOARD_DIR``     TensorBoard scalars (when tensorboard is installed)
 ``HVD_DC_KERNELS``             ``fused`` (default: the C kernels when built) or ``torch``
 ``HVD_DC_STAGING``             ``auto`` (default: stage CUDA models only) or ``always``
-``HVD_DC_FAULT``               ``<point>:<n>``: fault injection for the tests
+``HVD_DC_FAULT``               ``<point>:<n>[@<world rank>]``: fault injection for the tests
 ``HVD_DC_ALLOW_SINGLETON``     ``1``: accept a world of one that the launcher did not mean
 ``HVD_DC_SERVERS``             server ranks: world ranks 0..S-1 serve (default 1); every
                                rank must have the same value
@@ -27,6 +27,11 @@ variable                       meaning
 ``HVD_DC_SERVER_THREADS``      threads a server applies chunks on (default 1)
 ``HVD_DC_OVERLAP``             ``auto`` (default), ``on`` or ``off``: push chunks during
                                backward (``DistributedDCOptimizer(overlap=...)``)
+``HVD_DC_RANKS_DIR``           set by ``hvd-dc-run``: each rank records its PID there, so a
+                               rank that dies can be named (:mod:`hvd_dc.roll_call`)
+``HVD_DC_SHM_WINDOWS``         ``1`` (default): let MPI put the windows in shared memory;
+                               ``0``: ask it not to (``alloc_shm=false``), so that with
+                               MPICH's ``MPIR_CVAR_NOLOCAL=1`` one node tests the network path
 =============================  ===========================================================
 
 ``HVD_DC_MPIEXEC`` is read by the launch helpers (``hvd-dc-run``, the tests), not here.
@@ -88,15 +93,16 @@ def allow_singleton(env: Mapping[str, str]) -> bool:
     return env.get("HVD_DC_ALLOW_SINGLETON") == "1"
 
 
-def _fault(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
+def _fault(env: Mapping[str, str]) -> Optional[Tuple[str, int, Optional[int]]]:
     raw = env.get("HVD_DC_FAULT", "")
     if not raw:
         return None
-    point, _, count = raw.partition(":")
+    point, _, rest = raw.partition(":")
+    count, _, rank = rest.partition("@")
     try:
-        return point, int(count or 1)
+        return point, int(count or 1), int(rank) if rank else None
     except ValueError:
-        raise ValueError(f"HVD_DC_FAULT must be <point>:<n>; got {raw!r}") from None
+        raise ValueError(f"HVD_DC_FAULT must be <point>:<n>[@<world rank>]; got {raw!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +117,14 @@ class Settings:
     tensorboard_dir: Optional[str] = None
     kernels: str = "fused"
     staging: str = "auto"
-    fault: Optional[Tuple[str, int]] = None
+    fault: Optional[Tuple[str, int, Optional[int]]] = None
     allow_singleton: bool = False
     servers: int = 1
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     server_threads: int = 1
     overlap: str = "auto"
+    shm_windows: bool = True
+    ranks_dir: Optional[str] = None
 
     @classmethod
     def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -141,6 +149,8 @@ class Settings:
             chunk_bytes=_count(env, "HVD_DC_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 0),
             server_threads=_count(env, "HVD_DC_SERVER_THREADS", 1, 1),
             overlap=_choice(env, "HVD_DC_OVERLAP", OVERLAP_CHOICES, "auto"),
+            shm_windows=_choice(env, "HVD_DC_SHM_WINDOWS", ("1", "0"), "1") == "1",
+            ranks_dir=env.get("HVD_DC_RANKS_DIR") or None,
         )
 
     def replace(self, **changes) -> "Settings":

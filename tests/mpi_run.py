@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from hvd_dc.launch import local_mpiexec
+from hvd_dc.launch import detect_mpi, local_mpiexec
 
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 
@@ -76,6 +76,22 @@ def run_mpi(n: int, script: str, *args: str, out_dir: Path, timeout: float = 120
             f"HANG: {' '.join(cmd)} did not finish within {timeout} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
         ) from None
     return MpiResult(proc.returncode, stdout, stderr, out_dir)
+
+
+def mpmd_command(parts: List[tuple], script: str, *args: str, out_dir: Path) -> List[str]:
+    """``mpiexec`` of one script in several parts, each ``(ranks, {VAR: value})`` with its
+    own environment additions (to give one rank a setting the others lack)."""
+    launcher = mpiexec()
+    openmpi = detect_mpi(launcher[0]) == "openmpi"
+    cmd = list(launcher)
+    for i, (n, env) in enumerate(parts):
+        if i:
+            cmd.append(":")
+        cmd += ["-n", str(n)]
+        for key, value in env.items():
+            cmd += ["-x", f"{key}={value}"] if openmpi else ["-env", key, str(value)]
+        cmd += [sys.executable, str(SCRIPTS / script), "--out", str(out_dir), *args]
+    return cmd
 
 
 def conserved_results(res: MpiResult, workers: int) -> Dict[int, dict]:

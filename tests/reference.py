@@ -66,3 +66,41 @@ class Algorithm2:
     def pull(self, m):
         self.bak[m] = self.w.copy()  # a copy, taken at the pull
         return self.w.copy()
+
+
+class Algorithm2Float32:
+    """Algorithm 2 with plain SGD, literally, in float32 torch ops in the formula's
+    left-to-right order, one vector (a whole model or one chunk of it) at a time. The SGD
+    step uses ``add_(alpha=-lr)``, which is how torch.optim.SGD rounds; the square root is
+    the correctly rounded one (numpy's), as the paper's formula means."""
+
+    def __init__(self, w0, num_workers, variant, lambda0, lr, momentum=0.95, eps=1e-7, shared_ms=False):
+        import torch  # only this reference needs torch's float32 rounding
+
+        self._torch = torch
+        self.w = w0.clone()
+        self.bak = [self.w.clone() for _ in range(num_workers)]
+        self.variant, self.lambda0, self.lr = variant, lambda0, lr
+        self.momentum, self.eps, self.shared_ms = momentum, eps, shared_ms
+        self.ms = {}
+
+    def push(self, m, g):
+        """Apply worker ``m``'s gradient; the pull that follows it is the caller's."""
+        torch = self._torch
+        w = self.w
+        if self.variant == "none":
+            gdc = g
+        else:
+            if self.variant == "constant":
+                lam = self.lambda0
+            else:
+                key = 0 if self.shared_ms else m
+                prev = self.ms.get(key, torch.zeros_like(w))
+                self.ms[key] = (self.momentum * prev) + ((1.0 - self.momentum) * (g * g))
+                lam = torch.div(torch.tensor(self.lambda0), torch.from_numpy(np.sqrt((self.ms[key] + self.eps).numpy())))
+            gdc = g + (((lam * g) * g) * (w - self.bak[m]))
+        self.w = w.clone().add_(gdc, alpha=-self.lr)
+
+    def pull(self, m):
+        self.bak[m] = self.w.clone()
+        return self.bak[m]

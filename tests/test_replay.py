@@ -4,39 +4,23 @@ bit-matches a plain single-process float32 transcription of Algorithm 2."""
 
 import random
 
-import numpy as np
 import pytest
 import torch
 
 from hvd_dc.dc_math import default_lambda
+from reference import Algorithm2Float32
 from server_fixtures import make_state, push
 
 
 def algorithm2_float32(w0, schedule, num_workers, variant, lambda0, lr, momentum=0.95, eps=1e-7, shared_ms=False):
-    """Algorithm 2, literally, in float32 torch ops in the formula's left-to-right order.
-    The SGD step uses add_(alpha=-lr), which is how torch.optim.SGD rounds."""
-    w = w0.clone()
-    bak = [w.clone() for _ in range(num_workers)]
-    ms = {}
+    """Algorithm 2, literally, in float32 (tests/reference.py): every push is followed by
+    that worker's pull (Algorithm 1)."""
+    ref = Algorithm2Float32(w0, num_workers, variant, lambda0, lr, momentum, eps, shared_ms)
     for op, m, g in schedule:
-        if op == "pull":
-            bak[m] = w.clone()
-            continue
-        if variant == "none":
-            gdc = g
-        else:
-            if variant == "constant":
-                lam = lambda0
-            else:
-                key = 0 if shared_ms else m
-                prev = ms.get(key, torch.zeros_like(w))
-                ms[key] = (momentum * prev) + ((1.0 - momentum) * (g * g))
-                # the correctly rounded square root (numpy's), as the paper's formula means
-                lam = torch.div(torch.tensor(lambda0), torch.from_numpy(np.sqrt((ms[key] + eps).numpy())))
-            gdc = g + (((lam * g) * g) * (w - bak[m]))
-        w = w.clone().add_(gdc, alpha=-lr)
-        bak[m] = w.clone()  # Algorithm 1: every push is followed by that worker's pull
-    return w
+        if op == "push":
+            ref.push(m, g)
+        ref.pull(m)
+    return ref.w
 
 
 def recorded_schedule(num_workers, steps, n, seed):

@@ -23,6 +23,7 @@ p.add_argument("--edit", choices=["none", "inplace", "data_after_synchronize"], 
                help="halve the gradients after backward: with tracked in-place ops, or through .data after "
                     "optimizer.synchronize()")
 p.add_argument("--passes", type=int, default=1, help="backward_passes_per_step (the loss is split over them)")
+p.add_argument("--extra", type=int, default=0, help="one more float32 parameter of this many elements (to be chunked)")
 args = p.parse_args()
 
 hvd.init()
@@ -35,6 +36,8 @@ params = {}
 for i, dt in enumerate(dtypes):
     params[f"w{i}"] = torch.nn.Parameter((torch.arange(12, dtype=dt).reshape(3, 4) * (1 - me)).to(device))  # differs per worker
     params[f"b{i}"] = torch.nn.Parameter(torch.zeros(5, dtype=dt, device=device))
+if args.extra:
+    params["v"] = torch.nn.Parameter(torch.arange(args.extra, dtype=torch.float32, device=device) % 97)
 named = list(params.items())
 opt = torch.optim.SGD([t for _, t in named], lr=1.0)
 def cycle(step):

@@ -25,6 +25,7 @@ p.add_argument("--steps", type=int, default=40)
 p.add_argument("--every", type=int, default=10)
 p.add_argument("--die-at", type=int, default=-1, help="worker 1 SIGKILLs itself at this step")
 p.add_argument("--sleep", type=float, default=0.0)
+p.add_argument("--extra", type=int, default=0, help="conserve mode: one more parameter of this many elements")
 args = p.parse_args()
 
 hvd.init()
@@ -41,7 +42,9 @@ def coef(m, s, shape):
 if args.mode == "conserve":
     w = torch.nn.Parameter(torch.arange(24, dtype=torch.float32).reshape(4, 6))
     named = [("w", w)]
-    opt = torch.optim.SGD([w], lr=1.0)
+    if args.extra:
+        named.append(("v", torch.nn.Parameter(torch.zeros(args.extra))))
+    opt = torch.optim.SGD([t for _, t in named], lr=1.0)
     dc = dict(dc_variant="adaptive", dc_lambda=0.0)
 else:
     torch.manual_seed(0)
@@ -57,7 +60,7 @@ for s in range(start, args.steps):
         os.kill(os.getpid(), signal.SIGKILL)
     opt.zero_grad()
     if args.mode == "conserve":
-        (w * coef(me, s, w.shape)).sum().backward()
+        sum((t * coef(me, s + 1000 * k, t.shape)).sum() for k, (_, t) in enumerate(named)).backward()
     else:
         g = torch.Generator().manual_seed(1000 * me + s)
         x = torch.randn(8, 5, generator=g)
@@ -70,11 +73,14 @@ opt.pull()
 final = torch.cat([t.detach().reshape(-1) for _, t in named])
 result = dict(start=start, resumed_from=opt.stats()["resumed_from"], final=final.tolist())
 if args.mode == "conserve":
-    expected = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    for m in range(n):
-        for s in range(args.steps):
-            expected -= coef(m, s, (4, 6))
-    result["conserved"] = bool(torch.equal(w.detach(), expected))
-    result["max_diff"] = float((w.detach() - expected).abs().max())
+    result["conserved"], result["max_diff"] = True, 0.0
+    for k, (_, t) in enumerate(named):
+        expected = torch.arange(24, dtype=torch.float32).reshape(4, 6) if k == 0 else torch.zeros(args.extra)
+        for m in range(n):
+            for s in range(args.steps):
+                expected -= coef(m, s + 1000 * k, t.shape)
+        result["conserved"] = result["conserved"] and bool(torch.equal(t.detach(), expected))
+        result["max_diff"] = max(result["max_diff"], float((t.detach() - expected).abs().max()))
+    result["stats"] = opt.stats()
 write_result(args.out, me, **result)
 hvd.shutdown()
