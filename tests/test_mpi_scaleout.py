@@ -51,6 +51,38 @@ def test_a_straggler_stuck_in_backward_does_not_stall_the_others(tmp_path):
     assert results[0]["steps"] == results[1]["steps"] == 30 and results[2]["steps"] == 3
 
 
+def test_overlap_keeps_accumulation_fp16_and_mixed_dtypes_exact(tmp_path):
+    res = run_mpi(5, "conservation.py", "--extra", "3000", "--dtypes", "float32,float64,bfloat16", "--passes", "3",
+                  "--compression", "fp16", "--steps", "6", out_dir=tmp_path, timeout=240,
+                  env={**CHUNKED, "HVD_DC_SERVERS": "2"}).check()
+    for r in conserved_results(res, 3).values():
+        assert r["stats"]["overlap"] and r["stats"]["chunks"] == 5  # 3 float32, 1 float64, 1 bfloat16
+
+
+def test_editing_gradients_after_backward_with_overlap_on_is_an_error_naming_the_fix(tmp_path):
+    res = run_mpi(3, "conservation.py", "--edit", "inplace", "--steps", "3", out_dir=tmp_path, timeout=120,
+                  env=CHUNKED)
+    assert res.returncode != 0
+    assert "with overlap on they had already been pushed during backward" in res.stderr
+    assert "Pass overlap='off'" in res.stderr
+
+
+@pytest.mark.parametrize("edit, overlap", [("none", True), ("inplace", False), ("data_after_synchronize", False)])
+def test_auto_overlaps_only_loops_that_do_not_edit_gradients(tmp_path, edit, overlap):
+    res = run_mpi(3, "conservation.py", "--edit", edit, "--steps", "4", out_dir=tmp_path, timeout=120,
+                  env={"HVD_DC_CHUNK_BYTES": "4096"}).check()
+    for r in conserved_results(res, 2).values():
+        assert r["stats"]["overlap"] is overlap
+
+
+def test_tied_weights_and_retained_graphs_with_overlap(tmp_path):
+    res = run_mpi(4, "tied.py", out_dir=tmp_path, timeout=180, env={**CHUNKED, "HVD_DC_SERVERS": "2"}).check()
+    for r in res.results().values():
+        assert r["errors"] == [] and r["tied"] and r["overlap"]
+        assert r["last"] < r["first"]
+        assert "modified by an inplace operation" in r["stale_graph_error"]
+
+
 @pytest.mark.skipif(not _mpich(), reason="the network path is MPICH's (MPIR_CVAR_NOLOCAL with libfabric tcp)")
 def test_conservation_over_the_network_path(tmp_path):
     env = {**CHUNKED, **NETWORK_PATH, "HVD_DC_SERVERS": "2"}
