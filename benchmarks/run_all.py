@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["apply_rate", "transport", "scaling", "stragglers", "synthetic"]
+ORDER = ["apply_rate", "transport", "scaling", "stragglers", "synthetic", "scale_out", "scale_model"]
 TITLES = {
     "apply_rate": "1. Server apply rate (DC-ASGD-a + SGD, one core) vs numpy memcpy",
     "transport": "2. Worker push+pull through the window protocol vs memcpy of the same bytes",
     "scaling": "3. Scaling with non-CPU compute (sleep T per step) vs ideal N/T",
     "stragglers": "4. Stragglers: 4 workers, one 4x slower, vs synchronous data parallelism",
     "synthetic": "5. Synthetic CNN images/s (pytorch_synthetic_benchmark style)",
+    "scale_out": "6. Scale-out: exposed communication, server tier, 25M-parameter straggler",
+    "scale_model": "7. Cost model: calibrated here, checked against every point above, projected to GPU clusters",
 }
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 

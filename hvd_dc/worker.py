@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 import time
 import types
 import warnings
@@ -244,6 +246,75 @@ def _attach_solo(optimizer: torch.optim.Optimizer) -> None:
     optimizer.skip_synchronize = contextlib.nullcontext  # type: ignore[attr-defined]
 
 
+class _Courier:
+    """One thread that sends a request's chunks and reads their replies while backward goes
+    on, so that the copies into and out of the windows run beside the computation instead
+    of between its layers.
+
+    The main thread makes each chunk's bytes final, then queues it (:meth:`send`); in
+    ``step()`` it waits for the whole request (:meth:`complete`). Between a request's first
+    :meth:`send` and the end of :meth:`complete` only this thread touches the channel.
+    """
+
+    _FINISH = object()
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hvd_dc-courier")
+        self._thread.start()
+
+    def send(self, c: int, kind: Optional[RequestKind]) -> None:
+        self._queue.put((c, kind))
+
+    def complete(self):
+        """Wait until every chunk of the request is answered and read; the reply headers.
+        Errors of the thread (a timeout naming the server) are raised here."""
+        self._done.clear()
+        self._queue.put(self._FINISH)
+        self._done.wait()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return self._result
+
+    def _run(self) -> None:
+        outstanding = 0
+        while True:
+            try:
+                item = self._queue.get(timeout=0.0002 if outstanding else None)
+            except queue.Empty:
+                outstanding = self._guard(self.channel.progress) or 0  # replies that arrived meanwhile
+                continue
+            if item is None:
+                return
+            if item is self._FINISH:
+                self._result = self._guard(self.channel.finish)
+                outstanding = 0
+                self._done.set()
+                continue
+            c, kind = item
+            if self._error is None:
+                self._guard(lambda: self.channel.push(c, kind))
+                outstanding = self._guard(self.channel.progress) or 0
+
+    def _guard(self, fn):
+        if self._error is not None:
+            return None
+        try:
+            return fn()
+        except BaseException as exc:  # handed to the main thread by complete()
+            self._error = exc
+            return None
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
 def _install(opt: torch.optim.Optimizer, worker: "DCWorker") -> None:
     """Bind the DC methods onto the optimizer object itself.
 
@@ -299,6 +370,9 @@ class DCWorker:
         self._can_overlap = staging is None or not staging.cuda
         self.overlapping = overlap == "on" and self._can_overlap
         self._decided = overlap != "auto"
+        self._courier: Optional[_Courier] = None  # the thread that sends during backward, once overlapping
+        self._courier_busy = False  # the courier holds the channel for the current request
+        self._sent: List[bool] = []
         self._in_request = False
         self._pushed_in_backward = False
         self._synchronized = False
@@ -339,8 +413,8 @@ class DCWorker:
                 self.buffers.gradients_to_host()
                 self._begin(RequestKind.PUSH)
             for c in range(len(self.channel.plan.chunks)):  # the gradient leaves the model
-                if not self.channel.pushed(c):
-                    self._push(c)
+                if not self._sent[c]:
+                    self._push(c, courier=self._courier_busy)
         headers = self._finish()  # the servers applied it; their new weights are now the model's
         if too_many:  # overlap pushed at the last counted pass; the extra pass came after
             self._end_step()
@@ -375,18 +449,26 @@ class DCWorker:
         self.buffers.before_weights_arrive()
         read_hyperparameters(self.optimizer.param_groups, self.spec.hyper_slots, self.channel.hyper)
         self.channel.begin(kind, self.buffers.reply_target)
+        self._sent = [False] * len(self.channel.plan.chunks)
         self._in_request = True
 
-    def _push(self, c: int) -> None:
+    def _push(self, c: int, courier: bool = False) -> None:
         """Chunk ``c`` of this step leaves (a pull only, where its server already applied
-        this step before a restart)."""
+        this step before a restart), now or, during backward, by the courier thread."""
         self.buffers.chunk_to_wire(c)
         skip = self._skip[self.channel.plan.chunks[c].server] > 0
-        self.channel.push(c, RequestKind.PULL if skip else None)
+        kind = RequestKind.PULL if skip else None
+        if courier:
+            if self._courier is None:
+                self._courier = _Courier(self.channel)
+            self._courier.send(c, kind)
+        else:
+            self.channel.push(c, kind)
+        self._sent[c] = True
 
     def _finish(self):
         try:
-            headers = self.channel.finish()
+            headers = self._courier.complete() if self._courier_busy else self.channel.finish()
         except HvdDcTimeout:
             self.ctx.server_lost = True  # shutdown must not wait on the servers collectively
             raise
@@ -398,6 +480,7 @@ class DCWorker:
 
     def _end_step(self) -> None:
         self._pushed_in_backward = False
+        self._courier_busy = False
         self._synchronized = False
         self._version_at_end = None
         self._skip = [max(0, k - 1) for k in self._skip]
@@ -411,8 +494,8 @@ class DCWorker:
             return
         if not self._in_request:
             self._begin(RequestKind.PUSH)
-        self._push(c)
-        self.channel.progress()  # read the replies that are ready while backward goes on
+        self._courier_busy = True
+        self._push(c, courier=True)
 
     def _backward_ended(self) -> None:
         """The step's last backward pass ended: with overlap on, the chunks that are left
@@ -422,11 +505,11 @@ class DCWorker:
             self.buffers.gradients_to_host()
             if not self._in_request:
                 self._begin(RequestKind.PUSH)
+            self._courier_busy = True
             for c in range(len(self.channel.plan.chunks)):
-                if not self.channel.pushed(c):
-                    self._push(c)
+                if not self._sent[c]:
+                    self._push(c, courier=True)
             self._pushed_in_backward = True
-            self.channel.progress()
         self._version_at_end = self.buffers.grad_version
 
     def _count_push(self, headers) -> None:
@@ -511,5 +594,7 @@ class DCWorker:
         if self._closed:
             return
         self._closed = True
+        if self._courier is not None:
+            self._courier.close()
         self.buffers.close()
         self.channel.free()

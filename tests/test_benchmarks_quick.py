@@ -104,3 +104,24 @@ def test_gpu_script_refuses_without_cuda(tmp_path):
     r = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--quick", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no CUDA device here" in r.stderr and "nothing measured" in r.stderr
+
+
+def test_scale_out_parts_that_fit_ci(tmp_path):
+    d, _ = run("scale_out", tmp_path, extra=("--only", "exposed,apply"))
+    assert [r["overlap"] for r in d["exposed"]["rows"]] == ["off", "on"]
+    for r in d["exposed"]["rows"]:
+        assert positive(r["compute_s"]) and positive(r["step_s"]) and r["chunks"] >= 1
+    for r in d["apply"]["rows"]:
+        assert positive(r["one_thread_s"]) and positive(r["two_threads_s"]) and r["chunks"] >= 1
+
+
+def test_scale_model_reads_the_committed_measurements(tmp_path):
+    """The cost model runs on the results committed in benchmarks/results (every point it
+    checks was measured by a benchmark of this directory) and writes its check table."""
+    r = subprocess.run([sys.executable, str(BENCH / "scale_model.py"), "--out", str(tmp_path), "--results",
+                        str(BENCH / "results")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads((tmp_path / "scale_model.json").read_text())
+    assert d["check"] and all(positive(p["predicted"]) and positive(p["measured"]) for p in d["check"])
+    assert {row["workers"] for row in d["projection"]} == {8, 16, 32, 64, 128, 256}
+    assert "within 20" in d["table"]

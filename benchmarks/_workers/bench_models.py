@@ -14,7 +14,12 @@ import torch.nn.functional as F
 def add_args(p):
     p.add_argument("--out", required=True)
     p.add_argument("--mode", choices=["throughput", "tta"], default="throughput")
-    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    p.add_argument("--model", choices=["mlp", "cnn", "sleepy"], default="mlp",
+                   help="sleepy: --params float32 parameters in --layers layers whose backward sleeps (the step's "
+                        "--sleep in all), so that communication can overlap a backward pass that leaves the CPU free")
+    p.add_argument("--params", type=int, default=25_000_000)
+    p.add_argument("--layers", type=int, default=25)
+    p.add_argument("--overlap", choices=["auto", "on", "off"], default="auto", help="hvd_dc: DistributedDCOptimizer(overlap=)")
     p.add_argument("--sleep", type=float, default=0.05, help="seconds each step sleeps (stands for GPU compute)")
     p.add_argument("--slow-factor", type=float, default=1.0, help="the last worker sleeps this many times longer")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds (hvd_dc) or steps x sleep (sync) of warm-up")
@@ -32,9 +37,46 @@ def my_sleep(args, rank, size):
     return args.sleep * (args.slow_factor if rank == size - 1 else 1.0)
 
 
-def build(args, rank):
+def loop_sleep(args, rank, size):
+    """What the training loop sleeps per step (the sleepy model sleeps inside backward)."""
+    return 0.0 if args.model == "sleepy" else my_sleep(args, rank, size)
+
+
+class _SleepyLayer(torch.autograd.Function):
+    """Identity forward; the backward sleeps (a GPU computing, the CPU free) and gives the
+    layer's weight a gradient of the weight's shape."""
+
+    @staticmethod
+    def forward(ctx, x, w, seconds):
+        ctx.seconds, ctx.shape = seconds, w.shape
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        time.sleep(ctx.seconds)
+        return g, torch.full(ctx.shape, 1e-6), None
+
+
+class SleepyNet(torch.nn.Module):
+    """``params`` float32 parameters in ``layers`` layers; backward takes ``seconds``."""
+
+    def __init__(self, params, layers, seconds):
+        super().__init__()
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(params // layers)) for _ in range(layers)])
+        self.seconds = seconds / layers
+
+    def forward(self, x):
+        for w in self.weights:
+            x = _SleepyLayer.apply(x, w, self.seconds)
+        return x
+
+
+def build(args, rank, size=1):
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.model == "sleepy":
+        model = SleepyNet(args.params, args.layers, my_sleep(args, rank, size))
+        return model, torch.optim.SGD(model.parameters(), lr=1e-3)
     if args.model == "mlp":
         model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     else:  # a small real CNN for 32x32 RGB images (pytorch_synthetic_benchmark style, CPU-sized)
@@ -63,6 +105,8 @@ class Data:
             self.train, self.test = perm[:1400], perm[1400:]
             self.shard = self.train[rank::size]
             self.order, self.pos = self.shard[torch.randperm(len(self.shard), generator=self.g)], 0
+        elif args.model == "sleepy":
+            self.fixed = (torch.ones(4, requires_grad=True), None)
         else:
             self.fixed = (torch.randn(args.batch, 3, 32, 32, generator=self.g),
                           torch.randint(0, 10, (args.batch,), generator=self.g))
@@ -83,7 +127,7 @@ class Data:
 
 def backward(model, data):
     x, y = data.next()
-    loss = F.cross_entropy(model(x), y)
+    loss = model(x).sum() if y is None else F.cross_entropy(model(x), y)
     loss.backward()
     return loss.item()
 

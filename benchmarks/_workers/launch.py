@@ -7,11 +7,14 @@ from pathlib import Path
 import common
 
 
-def launch(system, workers, extra, timeout):
-    """``system``: 'hvd_dc' (1 server + workers), 'ddp' or 'horovod' (workers ranks)."""
+def launch(system, workers, extra, timeout, servers=1):
+    """``system``: 'hvd_dc' (``servers`` server ranks + workers), 'ddp' or 'horovod'
+    (workers ranks)."""
+    env = {"HVD_DC_SERVERS": str(servers)}
     with tempfile.TemporaryDirectory() as tmp:
         if system == "hvd_dc":
-            cmd = common.mpiexec() + ["-n", str(workers + 1), sys.executable, str(common.WORKERS / "dc_worker.py")]
+            cmd = common.mpiexec() + ["-n", str(workers + servers), sys.executable,
+                                      str(common.WORKERS / "dc_worker.py")]
         elif system == "ddp":
             cmd = common.mpiexec() + ["-n", str(workers), sys.executable, str(common.WORKERS / "sync_worker.py"),
                                       "--backend", "ddp", "--port", str(common.free_port())]
@@ -21,7 +24,7 @@ def launch(system, workers, extra, timeout):
         else:
             raise ValueError(system)
         try:
-            common.run(cmd + ["--out", tmp] + [str(a) for a in extra], timeout=timeout)
+            common.run(cmd + ["--out", tmp] + [str(a) for a in extra], timeout=timeout, env=env)
         except RuntimeError as exc:
             res = common.read_rank_results(Path(tmp))
             # A baseline whose every rank wrote its measurement and then died in its

@@ -36,7 +36,7 @@ if args.backend == "ddp":
     size = env_int("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=size)
     args.lr *= size  # synchronous convention: lr scaled by the number of averaged gradients
-    model, opt = bm.build(args, rank)
+    model, opt = bm.build(args, rank, size)
     net = torch.nn.parallel.DistributedDataParallel(model)
 
     def stop_flag(value):
@@ -51,7 +51,7 @@ else:
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
     args.lr *= size
-    model, opt = bm.build(args, rank)
+    model, opt = bm.build(args, rank, size)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
     net = model
@@ -63,7 +63,7 @@ else:
         hvd.allreduce(torch.zeros(1), name="barrier")
 
 data = bm.Data(args, rank, size)
-sleep = bm.my_sleep(args, rank, size)
+sleep = bm.loop_sleep(args, rank, size)
 slowest = args.sleep * max(1.0, args.slow_factor)
 
 
