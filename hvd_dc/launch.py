@@ -9,7 +9,10 @@ This wrapper does what is easy to get wrong by hand, then ``exec``\\ s the launc
   every variable hvd_dc reads; inside a SLURM allocation (or with ``--launcher srun``),
   ``srun --mpi=pmix`` for Open MPI (without PMIx Open MPI starts every task as rank 0 of
   1, silently), ``--mpi=pmi2`` for MPICH; ``--distribution=block`` so that world rank 0,
-  the parameter server, is the first task on the first node.
+  the parameter server, is the first task on the first node. With ``--servers S`` > 1
+  across nodes, ranks are placed round-robin (``srun --distribution=cyclic``, MPICH
+  ``-rr``, Open MPI ``--map-by node``), so that with S = the number of nodes each node
+  runs one server (world ranks 0..S-1) and an equal share of the workers.
 * **environment**: ``OMP_NUM_THREADS`` (unless set) to cores per rank on the node, so the
   server's and workers' torch threads do not fight; MPICH's ``MPIR_CVAR_ASYNC_PROGRESS``
   is left off unless ``--async-progress`` (on shared memory hvd_dc's ``Win.Allocate``
@@ -142,6 +145,7 @@ def build_command(
     srun_mpi: Optional[str] = None,
     async_progress: bool = False,
     extra: Sequence[str] = (),
+    servers: int = 1,
 ) -> LaunchPlan:
     """Build the launcher command line and environment for ``np_`` ranks running ``program``.
 
@@ -188,7 +192,9 @@ def build_command(
     if launcher == "srun":
         if srun_mpi is None:
             srun_mpi = "pmix" if mpi == "openmpi" else "pmi2"
-        cmd = ["srun", f"--mpi={srun_mpi}", "--ntasks", str(np_), "--distribution=block", "--kill-on-bad-exit=1"]
+        placement = "cyclic" if servers > 1 else "block"  # one server per node, or the server first
+        cmd = ["srun", f"--mpi={srun_mpi}", "--ntasks", str(np_), f"--distribution={placement}",
+               "--kill-on-bad-exit=1"]
         notes.append(f"srun --mpi={srun_mpi}: {'Open MPI needs PMIx' if mpi == 'openmpi' else 'MPICH speaks PMI-2'}")
     else:
         cmd = [str(mpiexec), "-n", str(np_)]
@@ -199,12 +205,12 @@ def build_command(
                 cmd += ["--oversubscribe", "--bind-to", "none"]
                 notes.append(f"{np_} ranks on {cpus} cores: --oversubscribe --bind-to none")
             if hosts:
-                cmd += ["--host", hosts, "--map-by", "slot"]
+                cmd += ["--host", hosts, "--map-by", "node" if servers > 1 else "slot"]
             for var in _forwarded(merged):
                 cmd += ["-x", var]
         elif mpi in ("mpich", "intel"):
             if hosts:
-                cmd += ["-hosts", hosts]
+                cmd += ["-hosts", hosts] + (["-rr"] if servers > 1 else [])
             # hydra forwards the whole environment by default
         else:
             if hosts:
@@ -291,7 +297,7 @@ def _launch(args, program: List[str], env_add: Dict[str, str], ranks_dir: Option
     try:
         plan = build_command(args.np, program, launcher=args.launcher, mpiexec=args.mpiexec, mpi=args.mpi,
                              hosts=args.hosts, environ=environ, srun_mpi=args.srun_mpi,
-                             async_progress=args.async_progress)
+                             async_progress=args.async_progress, servers=args.servers or 1)
     except (ValueError, RuntimeError) as exc:
         print(f"hvd-dc-run: {exc}", file=sys.stderr)
         return 2

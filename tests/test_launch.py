@@ -157,3 +157,17 @@ def test_hvd_dc_run_launches_a_real_job(tmp_path):
     res = run_mpi(3, "", out_dir=tmp_path, timeout=180, command=cmd)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "epoch  2" in res.stdout and "2 workers" in res.stdout
+
+
+@pytest.mark.parametrize("mpi, launcher, flag", [("openmpi", "mpiexec", ["--map-by", "node"]),
+                                                  ("mpich", "mpiexec", ["-rr"]),
+                                                  ("mpich", "srun", ["--distribution=cyclic"])])
+def test_several_servers_are_placed_one_per_node(mpi, launcher, flag):
+    plan = launch.build_command(10, ["python", "t.py"], launcher=launcher, mpiexec="mpiexec", mpi=mpi,
+                                hosts="a:5,b:5" if launcher == "mpiexec" else None, cpus=8, is_root=False,
+                                environ={}, servers=2)
+    cmd = plan.command
+    assert any(cmd[i:i + len(flag)] == flag for i in range(len(cmd))), cmd
+    one = launch.build_command(10, ["python", "t.py"], launcher=launcher, mpiexec="mpiexec", mpi=mpi,
+                               hosts="a:5,b:5" if launcher == "mpiexec" else None, cpus=8, is_root=False, environ={})
+    assert not any(one.command[i:i + len(flag)] == flag for i in range(len(one.command)))
