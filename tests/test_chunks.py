@@ -198,3 +198,38 @@ def test_a_half_applied_push_is_not_settled():
     first.apply_push(0, first.layout.segment_views(g.view(torch.uint8), wire=True), [0.1] * len(spec.hyper_slots),
                      pull=True)
     assert not shard.pushes_settled()
+
+
+def test_applying_chunks_on_threads_gives_the_same_bits():
+    """HVD_DC_SERVER_THREADS: a server applies different chunks at once; each chunk's
+    state is its own, so the bits cannot depend on the threads (the fused kernels release
+    the GIL, so the threads really run together)."""
+    import concurrent.futures
+
+    def run(threads):
+        torch.manual_seed(3)
+        p = torch.nn.Parameter(torch.randn(20000))
+        spec = _spec(torch.optim.SGD([p], lr=0.05, momentum=0.9), 2, chunk_bytes=8192,
+                     dc=DCOptions.create("adaptive"))
+        plan = ChunkPlan.for_spec(spec, 1)
+        initial = torch.zeros(plan.layout.nbytes, dtype=torch.uint8)
+        plan.layout.param_views(initial)[0].copy_(p.detach())
+        areas = [[torch.zeros(chunk_spec(spec, c).layout().nbytes, dtype=torch.uint8) for c in plan.chunks]
+                 for _ in range(2)]
+        shard = ShardState(spec, plan.chunks, initial, areas)
+        hyper = [0.0] * len(spec.hyper_slots)
+        read_hyperparameters(spec.groups, spec.hyper_slots, hyper)
+        pool = concurrent.futures.ThreadPoolExecutor(threads)
+        for step in range(6):
+            m = step % 2
+            g = torch.randn(20000, generator=torch.Generator().manual_seed(step))
+            futures = [pool.submit(st.apply_push, m, st.layout.segment_views(
+                g[c.start:c.start + c.numel].clone().view(torch.uint8), wire=True), hyper, True)
+                for st, c in zip(shard.states, plan.chunks)]
+            assert all(f.result()[0] for f in futures)
+        pool.shutdown()
+        return torch.cat([st.weight_segments[0] for st in shard.states]), len(plan.chunks)
+
+    one, chunks = run(1)
+    four, _ = run(4)
+    assert chunks == 10 and torch.equal(one, four)

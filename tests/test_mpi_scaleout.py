@@ -83,6 +83,19 @@ def test_tied_weights_and_retained_graphs_with_overlap(tmp_path):
         assert "modified by an inplace operation" in r["stale_graph_error"]
 
 
+def test_two_servers_chunks_and_threads_follow_the_single_server_trajectory_bit_for_bit(tmp_path):
+    """One worker (a deterministic schedule), DC-ASGD-a with momentum on a small MLP: cut
+    into chunks over 2 servers applying on 2 threads with overlap on, the final weights are
+    the same bits as with one server holding the model whole."""
+    args = ("--mode", "trajectory", "--steps", "30", "--every", "1000")
+    whole = run_mpi(2, "resume.py", "--ckpt", str(tmp_path / "a.pt"), *args, out_dir=tmp_path / "whole",
+                    env={"HVD_DC_CHUNK_BYTES": "0", "HVD_DC_OVERLAP": "off"}, timeout=120).check()
+    sharded = run_mpi(3, "resume.py", "--ckpt", str(tmp_path / "b.pt"), *args, out_dir=tmp_path / "sharded",
+                      env={"HVD_DC_CHUNK_BYTES": "256", "HVD_DC_OVERLAP": "on", "HVD_DC_SERVERS": "2",
+                           "HVD_DC_SERVER_THREADS": "2"}, timeout=120).check()
+    assert sharded.results()[0]["final"] == whole.results()[0]["final"]
+
+
 @pytest.mark.skipif(not _mpich(), reason="the network path is MPICH's (MPIR_CVAR_NOLOCAL with libfabric tcp)")
 def test_conservation_over_the_network_path(tmp_path):
     env = {**CHUNKED, **NETWORK_PATH, "HVD_DC_SERVERS": "2"}
