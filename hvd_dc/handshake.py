@@ -50,7 +50,7 @@ from .protocol import (
     WorkerChannel,
 )
 from .settings import Settings
-from .waiting import HvdDcTimeout, recv, wait_request, wait_until
+from .waiting import HvdDcTimeout, gather_at_root, recv, wait_request
 
 __all__ = ["agree_on_settings", "join", "accept"]
 
@@ -67,20 +67,10 @@ def agree_on_settings(world: MPI.Comm, settings: Settings) -> None:
     size, me = world.Get_size(), world.Get_rank()
     timeout = settings.start_timeout
     if me == 0:
-        seen: Dict[int, RankSettings] = {0: mine}
-        pending = {r: world.irecv(source=r, tag=Tag.AGREE) for r in range(1, size)}
-
-        def all_arrived() -> bool:
-            for r in list(pending):
-                done, msg = pending[r].test()
-                if done:
-                    seen[r] = msg
-                    del pending[r]
-            return not pending
-
-        wait_until(all_arrived, timeout, lambda: (
-            f"world rank 0: world rank(s) {', '.join(str(r) for r in sorted(pending))} did not reach hvd_dc.init() "
-            f"within {timeout:g} s (set HVD_DC_START_TIMEOUT to wait longer)"))
+        seen, missing = gather_at_root(world, Tag.AGREE, mine, timeout)
+        if missing:
+            raise HvdDcTimeout(f"world rank 0: world rank(s) {', '.join(map(str, missing))} did not reach "
+                               f"hvd_dc.init() within {timeout:g} s (set HVD_DC_START_TIMEOUT to wait longer)")
         verdict = None
         for field, name in (("servers", "HVD_DC_SERVERS"), ("chunk_bytes", "HVD_DC_CHUNK_BYTES")):
             values: Dict[int, List[int]] = {}
@@ -159,31 +149,16 @@ def _agree_on_model(ctx: Context, spec: ModelSpec) -> None:
     me = workers.Get_rank()
     timeout = ctx.settings.start_timeout
     if me == 0:
-        specs: Dict[int, ModelSpec] = {0: spec}
-        pending = {r: workers.irecv(source=r, tag=Tag.MODEL_CHECK) for r in range(1, workers.Get_size())}
-
-        def all_arrived() -> bool:
-            for r in list(pending):
-                done, msg = pending[r].test()
-                if done:
-                    specs[r] = msg
-                    del pending[r]
-            return not pending
-
-        def missing() -> str:
-            names = ", ".join(ctx.topology.name(r) for r in sorted(pending))
-            return (f"{names} did not reach DistributedDCOptimizer within {timeout:g} s "
-                    "(set HVD_DC_START_TIMEOUT to wait longer)")
-
-        try:
-            wait_until(all_arrived, timeout, missing)
-        except HvdDcTimeout as exc:
+        specs, missing = gather_at_root(workers, Tag.MODEL_CHECK, spec, timeout)
+        if missing:
+            message = (f"{', '.join(ctx.topology.name(r) for r in missing)} did not reach DistributedDCOptimizer "
+                       f"within {timeout:g} s (set HVD_DC_START_TIMEOUT to wait longer)")
             for r in specs:
                 if r != 0:
-                    workers.send(ModelCheck(missing=str(exc)), dest=r, tag=Tag.MODEL_CHECK)
+                    workers.send(ModelCheck(missing=message), dest=r, tag=Tag.MODEL_CHECK)
             for s in ctx.topology.server_ranks:
-                ctx.world.send(Abort(str(exc)), dest=s, tag=Tag.CONTROL)
-            raise HvdDcTimeout(f"hvd_dc worker 0: {exc}") from None
+                ctx.world.send(Abort(message), dest=s, tag=Tag.CONTROL)
+            raise HvdDcTimeout(f"hvd_dc worker 0: {message}")
         difference = None
         for r in range(1, workers.Get_size()):
             difference = diff_specs(spec, specs[r], r)

@@ -12,11 +12,11 @@ the core that the rank it waits for needs to compute what is being waited for.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from mpi4py import MPI
 
-__all__ = ["HvdDcTimeout", "Backoff", "wait_until", "wait_request", "recv"]
+__all__ = ["HvdDcTimeout", "Backoff", "wait_until", "wait_request", "recv", "gather_at_root"]
 
 
 class HvdDcTimeout(TimeoutError):
@@ -66,3 +66,25 @@ def recv(comm: MPI.Comm, source: int, tag: int, timeout: Optional[float], descri
     """Receive one pickled message from ``source`` with ``tag``, or time out with ``describe()``."""
     wait_until(lambda: comm.Iprobe(source=source, tag=tag), timeout, describe)
     return comm.recv(source=source, tag=tag)
+
+
+def gather_at_root(comm: MPI.Comm, tag: int, mine: Any, timeout: Optional[float]) -> Tuple[Dict[int, Any], List[int]]:
+    """Rank 0 of ``comm`` receives one pickled message from every other rank; returns the
+    messages by rank (its own ``mine`` as rank 0's) and the ranks that did not send within
+    ``timeout`` (the caller names them). Other ranks call ``comm.send(mine, 0, tag)``."""
+    got: Dict[int, Any] = {0: mine}
+    pending = {r: comm.irecv(source=r, tag=tag) for r in range(1, comm.Get_size())}
+
+    def all_arrived() -> bool:
+        for r in list(pending):
+            done, msg = pending[r].test()
+            if done:
+                got[r] = msg
+                del pending[r]
+        return not pending
+
+    try:
+        wait_until(all_arrived, timeout, lambda: "")
+    except HvdDcTimeout:
+        pass
+    return got, sorted(pending)
