@@ -16,9 +16,13 @@ tag                 direction               message
 ==================  ======================  ===============================================
 ``CONTROL``         worker -> server        :class:`Register` (worker 0, once per model),
                                             :class:`Goodbye` (every worker, at shutdown),
-                                            :class:`Abort` (worker 0: the job cannot start)
+                                            :class:`Abort` (worker 0: the job cannot start),
+                                            :class:`SetWeights` (worker 0, from
+                                            ``broadcast_parameters``)
 ``WEIGHTS``         worker 0 -> server      the initial weights, raw bytes, model layout
-``REGISTERED``      server -> every worker  :class:`Registration` (accepted or refused)
+                                            (also after :class:`SetWeights`)
+``REGISTERED``      server -> every worker  :class:`Registration` (accepted or refused),
+                                            :class:`WeightsSet`
 ``MODEL_CHECK``     workers' communicator   each worker's ``ModelSpec`` to worker 0, then
                                             a :class:`ModelCheck` back to each
 ==================  ======================  ===============================================
@@ -85,6 +89,8 @@ __all__ = [
     "Abort",
     "Registration",
     "ModelCheck",
+    "SetWeights",
+    "WeightsSet",
     "RequestKind",
     "ReplyStatus",
     "Request",
@@ -167,7 +173,27 @@ class ModelCheck:
     missing: Optional[str] = None
 
 
-ControlMessage = Any  # Register | Goodbye | Abort
+@dataclasses.dataclass(frozen=True)
+class SetWeights:
+    """Worker 0 (``CONTROL``): replace served model ``model``'s weights (its index among the
+    served models, in registration order) with the ``nbytes`` bytes that follow on
+    ``WEIGHTS`` (model layout), as at registration. Sent by ``broadcast_parameters`` when
+    it overwrote served parameters: every worker is in that collective, so no push is in
+    flight. The server answers every worker with :class:`WeightsSet` on ``REGISTERED``."""
+
+    model: int
+    nbytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSet:
+    """The server's answer to :class:`SetWeights`: the master weights and every worker's
+    ``w_bak(m)`` (its reply area) now hold the new weights, or ``error`` says why not."""
+
+    error: Optional[str] = None
+
+
+ControlMessage = Any  # Register | Goodbye | Abort | SetWeights
 
 
 # -- one-sided requests and replies -------------------------------------------------------
