@@ -223,6 +223,16 @@ class ServerState:
         for m in range(self.num_workers):
             self._send_backup(m)
 
+    def set_weights(self, weights: torch.Tensor) -> None:
+        """Replace the master weights with ``weights`` (uint8, model layout) and make every
+        worker's ``w_bak(m)`` (and its reply area) hold them: each worker then computes on
+        exactly these weights, so Algorithm 2 stays exact. The optimizer's state, the
+        MeanSquare buffers and the counters are kept."""
+        self.weights.copy_(weights[: self.layout.nbytes].to(self.device))
+        for b in self.backups:
+            b.copy_(self.weights)
+        self.refresh_replies()
+
     def _note_pull(self, worker: int) -> None:
         self.updates_at_pull[worker] = self.updates
         self.pulls[worker] += 1
