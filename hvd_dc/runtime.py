@@ -22,6 +22,7 @@ from . import context as _context
 from .context import Context
 from .fault_injection import arm as _arm_fault
 from .host_checks import check_world_size
+from .negotiation import attach as _attach_collectives
 from .protocol import SERVER_RANK, Goodbye, Tag
 from .server import ServerAbort, serve
 from .settings import Settings
@@ -68,6 +69,7 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
     _context.install(ctx)
     if ctx.role == "server":
         _run_server(ctx)  # never returns
+    _attach_collectives(ctx)  # the workers' collectives: collective over the workers, like the splits above
     atexit.register(_shutdown_at_exit)
 
 
