@@ -88,7 +88,8 @@ class Verdict(NamedTuple):
 
 # which tensor dimensions must agree, per kind: "all" or "tail" (all but the first)
 _SHAPE_RULE = {"allreduce": "all", "reducescatter": "all", "broadcast": "all", "allgather": "tail",
-               "alltoall": "tail"}
+               "alltoall": "tail", "grouped_allreduce": "all", "grouped_reducescatter": "all",
+               "grouped_allgather": "tail"}
 #: kinds a worker inside join() takes part in (with identity elements)
 JOINABLE = ("allreduce",)
 
