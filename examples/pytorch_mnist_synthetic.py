@@ -30,7 +30,7 @@ parser = argparse.ArgumentParser(description="MNIST-shaped hvd_dc example on syn
 parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--test-batch-size", type=int, default=500)
 parser.add_argument("--epochs", type=int, default=3)
-parser.add_argument("--lr", type=float, default=0.01)
+parser.add_argument("--lr", type=float, default=0.05)
 parser.add_argument("--momentum", type=float, default=0.5)
 parser.add_argument("--seed", type=int, default=42)
 parser.add_argument("--log-interval", type=int, default=10)

@@ -706,7 +706,7 @@ def broadcast_(tensor: torch.Tensor, root_rank: int, name: Optional[str] = None,
 # -- alltoall -------------------------------------------------------------------------------------
 
 
-def _alltoall_submit(tensor: torch.Tensor, splits: Any, name: Optional[str]) -> int:
+def _alltoall_submit(tensor: torch.Tensor, splits: Any, name: Optional[str], both: bool = False) -> int:
     tensor = _check_tensor(tensor, "alltoall", False)
     n = context().workers.Get_size()
     host = _host(tensor)
@@ -756,7 +756,7 @@ def _alltoall_submit(tensor: torch.Tensor, splits: Any, name: Optional[str]) -> 
 
     def finish(verdict: Verdict) -> Any:
         out = result["out"].to(tensor.device)
-        if given:
+        if given or both:
             return out, torch.tensor(result["recv"], dtype=torch.int32)
         return out
 
@@ -773,18 +773,14 @@ def alltoall_async(tensor: torch.Tensor, splits: Any = None, name: Optional[str]
 class _HorovodAlltoall(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, splits, name):
-        out = synchronize(_alltoall_submit(tensor, splits, name))
-        if isinstance(out, tuple):
-            ctx.recv = out[1]
-            ctx.mark_non_differentiable(out[1])
-            return out
-        ctx.recv = None
-        return out
+        out, received = synchronize(_alltoall_submit(tensor, splits, name, both=True))
+        ctx.recv = received
+        ctx.mark_non_differentiable(received)
+        return out, received
 
     @staticmethod
     def backward(ctx, grad_output, *dead):
-        if ctx.recv is None:
-            return alltoall(grad_output), None, None
+        # what this worker received goes back to where it came from
         return alltoall(grad_output, splits=ctx.recv)[0], None, None
 
 
@@ -796,7 +792,8 @@ def alltoall(tensor: torch.Tensor, splits: Any = None, name: Optional[str] = Non
     dimension is split equally. With ``splits`` the result is ``(tensor, received_splits)``."""
     _check_process_set(process_set)
     if _wants_grad(tensor):
-        return _HorovodAlltoall.apply(tensor, splits, name)
+        out, received = _HorovodAlltoall.apply(tensor, splits, name)
+        return (out, received) if splits is not None else out
     return synchronize(_alltoall_submit(tensor, splits, name))
 
 
