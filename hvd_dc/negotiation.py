@@ -195,14 +195,14 @@ class Negotiation:
         self.eng = eng
         self.desc = desc
         self.verdict: Optional[Verdict] = None
-        self.sent: List[MPI.Request] = []
         self.withdrawn = False
         self.wait_started: Optional[float] = None
         n = eng.size
         if n == 1:
             self.verdict = Verdict(desc.seq, None, (desc,))
         elif eng.rank != 0:
-            self.sent.append(eng.comm.isend(("desc", desc), dest=0, tag=NEGOTIATE_TAG))
+            eng.outbox.append(eng.comm.isend(("desc", desc), dest=0, tag=NEGOTIATE_TAG))
+            eng.flush_outbox()
         else:
             self.descs: Dict[int, Descriptor] = {0: desc}
             self.gave_up: List[int] = []
@@ -258,13 +258,14 @@ class Negotiation:
                 self._decide(Verdict(self.desc.seq, f"{names} {verb} {self.desc.label} within "
                                                     f"{eng.timeout:g} s (set HVD_DC_TIMEOUT to wait longer)", timeout=True))
             return self.verdict is not None
+        eng.flush_outbox()
         verdict = eng.next_verdict(self.desc.seq)
         if verdict is not None:
             self.verdict = verdict
             return True
         if deadline is not None and now >= deadline and not self.withdrawn:
             self.withdrawn = True
-            self.sent.append(eng.comm.isend(("withdraw", self.desc.seq), dest=0, tag=NEGOTIATE_TAG))
+            eng.outbox.append(eng.comm.isend(("withdraw", self.desc.seq), dest=0, tag=NEGOTIATE_TAG))
         return False
 
 
@@ -296,6 +297,8 @@ class Engine:
         return next(self._handles)
 
     def flush_outbox(self) -> None:
+        """Drop the sends that completed; the others stay referenced (their buffers must
+        live until MPI has sent them)."""
         self.outbox = [r for r in self.outbox if not r.Test()]
 
     def next_verdict(self, seq: int) -> Optional[Verdict]:
