@@ -954,7 +954,7 @@ def _drain() -> None:
 
 def join(device: int = -1) -> int:
     """Horovod's ``join``: this worker has no more data. Until every worker has joined it
-    takes part in the others' ``allreduce`` calls with its identity element (zeros for
+    takes part in the others' ``allreduce`` and ``grouped_allreduce`` calls with its identity element (zeros for
     ``Sum``/``Average``, so an average still divides by ``size()``); any other collective
     called meanwhile is an error on the workers that called it. Returns the rank of the
     worker that joined last. Each wait for the others' next collective is bounded by

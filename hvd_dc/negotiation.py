@@ -91,7 +91,7 @@ _SHAPE_RULE = {"allreduce": "all", "reducescatter": "all", "broadcast": "all", "
                "alltoall": "tail", "grouped_allreduce": "all", "grouped_reducescatter": "all",
                "grouped_allgather": "tail"}
 #: kinds a worker inside join() takes part in (with identity elements)
-JOINABLE = ("allreduce",)
+JOINABLE = ("allreduce", "grouped_allreduce")
 
 
 def _compare(a: Descriptor, b: Descriptor, ra: int, rb: int) -> Optional[str]:
