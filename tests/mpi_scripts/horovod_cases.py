@@ -507,6 +507,8 @@ def join_allreduce(r, n):
             assert torch.equal(sa, a * (n - 1)), (dtype, dim)
             expected = ((b * (n - 1)).double() / n).to(dtype) if dtype in INTS else b * (n - 1) / n
             assert torch.equal(sb, expected), (dtype, dim)
+            ga, gb = hvd.grouped_allreduce([a, b], op=hvd.Sum)  # grouped allreduce is served too
+            assert torch.equal(ga, a * (n - 1)) and torch.equal(gb, b * (n - 1))
             last = hvd.join()
         assert last in range(n)
     return {}
