@@ -1,6 +1,7 @@
 """Under mpiexec: faults and unusual inputs have a defined outcome, and nothing hangs."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ def test_server_that_stops_answering_is_named_and_the_job_ends(tmp_path):
     res = run_mpi(4, "faults.py", "--mode", "stall", out_dir=tmp_path, timeout=90,
                   env={"HVD_DC_TIMEOUT": "4", "HVD_DC_FAULT": "stall_server:5"})
     assert res.returncode != 0
-    assert "worker 0 (world rank 1): the parameter server (world rank 0) did not answer request" in res.stdout or "worker 1 (world rank 2): the parameter server (world rank 0) did not answer request" in res.stdout
+    # whichever worker times out first ends the job (MPI_Abort): any of them may be the one named
+    assert re.search(r"worker \d \(world rank \d\): the parameter server \(world rank 0\) did not answer request",
+                     res.stdout), res.stdout
     assert "within 4 s" in res.stdout
     assert "stopped answering; ending the job" in res.stderr
 
