@@ -73,7 +73,19 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
     atexit.register(_shutdown_at_exit)
 
 
+_HARNESS_NOTICE = (
+    "hvd_dc: this process (world rank 0) is the parameter server: hvd_dc.init() does not return here; it "
+    "serves until every worker has shut down, then ends the process. Under a test harness, launch each test "
+    "with mpiexec (one job per test) or call hvd_dc.run(fn, np=workers) from the harness (docs/HOROVOD.md, "
+    "'Test harnesses and hvd_dc.run')."
+)
+
+
 def _run_server(ctx: Context) -> None:
+    if "pytest" in sys.modules:
+        # a harness ran init() on rank 0: say why this test will not come back, instead of
+        # leaving only the harness's own timeout ("Killed (signal 9)") to see
+        print(_HARNESS_NOTICE, file=sys.stderr, flush=True)
     try:
         status = serve(ctx)
     except ServerAbort as exc:
