@@ -43,7 +43,7 @@ from .compression import Compression, compression_name
 from .context import current as context
 from .negotiation import CollectiveMismatch, Descriptor, Engine, Negotiation, TensorInfo, Verdict, engine
 from .negotiation import WITHDRAW_GRACE_S
-from .waiting import Backoff, HorovodInternalError, HvdDcTimeout
+from .waiting import Backoff, HvdDcTimeout
 from .weights_sync import sync_served_weights
 
 __all__ = [
