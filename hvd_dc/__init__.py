@@ -2,9 +2,9 @@
 
 Public API, flat as in ``horovod.torch``::
 
-    import hvd_dc as hvd
+    import hvd_dc as hvd             # was: import horovod.torch as hvd
     hvd.init()                       # world rank 0 becomes the parameter server
-    opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters())
+    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())  # = DistributedDCOptimizer
 
 Module map (each module's docstring says what it owns):
 
@@ -21,7 +21,12 @@ Module map (each module's docstring says what it owns):
 * :mod:`hvd_dc.runtime`      init/shutdown, roles, ranks; :mod:`hvd_dc.context` what init set up
 * :mod:`hvd_dc.settings`     every ``HVD_DC_*`` variable, read once at init
 * :mod:`hvd_dc.waiting`      every wait on another rank: bounded, naming the rank
-* :mod:`hvd_dc.collectives`  worker collectives (metrics, broadcasts) with timeouts
+* :mod:`hvd_dc.collectives`  Horovod's collectives among the workers; :mod:`hvd_dc.negotiation` the
+  workers' agreement before each (mismatch errors on every worker, bounded waits)
+* :mod:`hvd_dc.weights_sync` broadcast_parameters after wrapping: the server takes the weights
+* :mod:`hvd_dc.optimizer_options` Horovod's DistributedOptimizer keywords (op, ...) for async pushes
+* :mod:`hvd_dc.horovod_compat` SyncBatchNorm, cross ranks, *_built() queries; :mod:`hvd_dc.elastic` (refused)
+* :mod:`hvd_dc.harness`      ``hvd_dc.run(fn, np=...)``, Horovod's ``horovod.run`` (:mod:`hvd_dc.run_child`)
 * :mod:`hvd_dc.checkpoint`   the server's atomic checkpoints
 * :mod:`hvd_dc.stats`        staleness record and histogram statistics
 * :mod:`hvd_dc.interop`      the workers' communicator for Horovod; :mod:`hvd_dc.horovod` ports a Horovod script
