@@ -6,7 +6,12 @@
 Random inputs and labels, no data loading: it measures what DC-ASGD's push/pull costs on
 top of the forward and backward passes. Horovod's script uses torchvision's resnet50;
 to stay dependency-free this one builds a CNN or MLP of a chosen size (``--model``,
-``--width``). Prints images/s per worker (mean +- 1.96 std over iterations) and the
+``--width``). It makes Horovod's calls as Horovod's script makes them:
+``hvd.DistributedOptimizer(..., compression=..., op=hvd.Adasum if args.use_adasum else
+hvd.Average)`` (hvd_dc refuses Adasum with more than one worker, with the reason),
+``broadcast_parameters`` and ``broadcast_optimizer_state`` after wrapping, and
+``hvd.SyncBatchNorm`` layers with ``--sync-bn`` (Horovod's passes
+``norm_layer=hvd.SyncBatchNorm`` to resnet50; they make every forward pass a collective). Prints images/s per worker (mean +- 1.96 std over iterations) and the
 total over workers, plus the server's updates/s and the staleness workers saw.
 """
 
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 import hvd_dc as hvd
 
 
-def build_model(kind: str, width: int, image: int, classes: int) -> torch.nn.Module:
+def build_model(kind: str, width: int, image: int, classes: int, norm=None) -> torch.nn.Module:
     if kind == "mlp":
         return torch.nn.Sequential(
             torch.nn.Flatten(),
@@ -31,9 +36,10 @@ def build_model(kind: str, width: int, image: int, classes: int) -> torch.nn.Mod
             torch.nn.Linear(width, classes),
         )
     c = max(8, width // 64)
+    norm = norm or (lambda channels: torch.nn.Identity())
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, c, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(3, c, 3, padding=1), norm(c), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(c, 2 * c, 3, padding=1), norm(2 * c), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Flatten(),
         torch.nn.Linear(2 * c * (image // 4) ** 2, width), torch.nn.ReLU(),
         torch.nn.Linear(width, classes),
@@ -52,6 +58,8 @@ def main():
     p.add_argument("--fp16-allreduce", action="store_true", help="fp16 gradients on the wire (Compression.fp16)")
     p.add_argument("--dc-variant", default="adaptive", choices=["adaptive", "constant", "none"])
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU even where CUDA is available")
+    p.add_argument("--use-adasum", action="store_true", help="Horovod's flag: hvd_dc refuses Adasum (and says why)")
+    p.add_argument("--sync-bn", action="store_true", help="hvd.SyncBatchNorm after each convolution (cnn)")
     args = p.parse_args()
     args.cuda = not args.no_cuda and torch.cuda.is_available()
 
@@ -61,14 +69,18 @@ def main():
         torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
     else:
         torch.set_num_threads(1)
-    model = build_model(args.model, args.width, args.image_size, 1000)
+    model = build_model(args.model, args.width, args.image_size, 1000, hvd.SyncBatchNorm if args.sync_bn else None)
     if args.cuda:
         model.cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001)
     compression = hvd.Compression.fp16 if args.fp16_allreduce else hvd.Compression.none
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                         compression=compression,
+                                         op=hvd.Adasum if args.use_adasum else hvd.Average,
+                                         dc_variant=args.dc_variant)
+    # after wrapping, as Horovod's script does: the broadcast weights become the server's too
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    optimizer = hvd.DistributedDCOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                           compression=compression, dc_variant=args.dc_variant)
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
     data = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     target = torch.randint(0, 1000, (args.batch_size,))
     if args.cuda:

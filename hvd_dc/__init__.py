@@ -2,9 +2,9 @@
 
 Public API, flat as in ``horovod.torch``::
 
-    import hvd_dc as hvd
+    import hvd_dc as hvd             # was: import horovod.torch as hvd
     hvd.init()                       # world rank 0 becomes the parameter server
-    opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters())
+    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())  # = DistributedDCOptimizer
 
 Module map (each module's docstring says what it owns):
 
@@ -21,7 +21,12 @@ Module map (each module's docstring says what it owns):
 * :mod:`hvd_dc.runtime`      init/shutdown, roles, ranks; :mod:`hvd_dc.context` what init set up
 * :mod:`hvd_dc.settings`     every ``HVD_DC_*`` variable, read once at init
 * :mod:`hvd_dc.waiting`      every wait on another rank: bounded, naming the rank
-* :mod:`hvd_dc.collectives`  worker collectives (metrics, broadcasts) with timeouts
+* :mod:`hvd_dc.collectives`  Horovod's collectives among the workers; :mod:`hvd_dc.negotiation` the
+  workers' agreement before each (mismatch errors on every worker, bounded waits)
+* :mod:`hvd_dc.weights_sync` broadcast_parameters after wrapping: the server takes the weights
+* :mod:`hvd_dc.optimizer_options` Horovod's DistributedOptimizer keywords (op, ...) for async pushes
+* :mod:`hvd_dc.horovod_compat` SyncBatchNorm, cross ranks, *_built() queries; :mod:`hvd_dc.elastic` (refused)
+* :mod:`hvd_dc.harness`      ``hvd_dc.run(fn, np=...)``, Horovod's ``horovod.run`` (:mod:`hvd_dc.run_child`)
 * :mod:`hvd_dc.checkpoint`   the server's atomic checkpoints
 * :mod:`hvd_dc.stats`        staleness record and histogram statistics
 * :mod:`hvd_dc.interop`      the workers' communicator for Horovod; :mod:`hvd_dc.horovod` ports a Horovod script
@@ -33,62 +38,92 @@ Module map (each module's docstring says what it owns):
 
 from __future__ import annotations
 
+from . import elastic
 from .collectives import (
     Adasum,
     Average,
     Max,
     Min,
+    ProcessSet,
     Product,
     ReduceOp,
     Sum,
+    add_process_set,
     allgather,
+    allgather_async,
     allgather_object,
     allreduce,
     allreduce_,
+    allreduce_async,
+    allreduce_async_,
+    alltoall,
+    alltoall_async,
     barrier,
     broadcast,
     broadcast_,
+    broadcast_async,
+    broadcast_async_,
     broadcast_object,
     broadcast_optimizer_state,
     broadcast_parameters,
+    global_process_set,
+    grouped_allgather,
+    grouped_allgather_async,
+    grouped_allreduce,
+    grouped_allreduce_,
+    grouped_allreduce_async,
+    grouped_allreduce_async_,
+    grouped_reducescatter,
+    grouped_reducescatter_async,
+    join,
+    poll,
+    reducescatter,
+    reducescatter_async,
+    remove_process_set,
+    synchronize,
 )
 from .compression import Compression
+from .harness import run
+from .horovod_compat import (
+    SyncBatchNorm,
+    ccl_built,
+    cross_rank,
+    cross_size,
+    cuda_built,
+    ddl_built,
+    gloo_built,
+    gloo_enabled,
+    is_homogeneous,
+    mpi_built,
+    mpi_enabled,
+    mpi_threads_supported,
+    nccl_built,
+    rocm_built,
+)
 from .interop import worker_comm
+from .negotiation import CollectiveMismatch
 from .runtime import init, is_initialized, local_rank, local_size, rank, shutdown, size
-from .waiting import HvdDcTimeout
-from .worker import DistributedDCOptimizer
+from .waiting import HorovodInternalError, HvdDcTimeout
+from .worker import DistributedDCOptimizer, DistributedOptimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "init",
-    "shutdown",
-    "is_initialized",
-    "size",
-    "rank",
-    "local_rank",
-    "local_size",
-    "worker_comm",
-    "barrier",
-    "allreduce",
-    "allreduce_",
-    "allgather",
-    "allgather_object",
-    "broadcast",
-    "broadcast_",
-    "broadcast_object",
-    "broadcast_parameters",
-    "broadcast_optimizer_state",
-    "Compression",
-    "DistributedDCOptimizer",
-    "ReduceOp",
-    "Average",
-    "Sum",
-    "Min",
-    "Max",
-    "Product",
-    "Adasum",
-    "HvdDcTimeout",
+    "init", "shutdown", "is_initialized", "size", "rank", "local_rank", "local_size", "cross_rank", "cross_size",
+    "is_homogeneous", "worker_comm", "run",
+    "mpi_built", "mpi_enabled", "mpi_threads_supported", "gloo_built", "gloo_enabled", "nccl_built", "ddl_built",
+    "ccl_built", "cuda_built", "rocm_built",
+    "barrier", "join", "poll", "synchronize",
+    "allreduce", "allreduce_", "allreduce_async", "allreduce_async_",
+    "grouped_allreduce", "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_",
+    "allgather", "allgather_async", "grouped_allgather", "grouped_allgather_async", "allgather_object",
+    "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "broadcast_object",
+    "alltoall", "alltoall_async",
+    "reducescatter", "reducescatter_async", "grouped_reducescatter", "grouped_reducescatter_async",
+    "broadcast_parameters", "broadcast_optimizer_state",
+    "ProcessSet", "global_process_set", "add_process_set", "remove_process_set",
+    "Compression", "DistributedOptimizer", "DistributedDCOptimizer", "SyncBatchNorm", "elastic",
+    "ReduceOp", "Average", "Sum", "Min", "Max", "Product", "Adasum",
+    "HorovodInternalError", "HvdDcTimeout", "CollectiveMismatch",
     "__version__",
 ]
-

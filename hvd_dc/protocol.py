@@ -18,9 +18,13 @@ tag                 direction               message
 ==================  ======================  ===============================================
 ``CONTROL``         worker -> every server  :class:`Register` (worker 0, once per model),
                                             :class:`Goodbye` (every worker, at shutdown),
-                                            :class:`Abort` (worker 0: the job cannot start)
+                                            :class:`Abort` (worker 0: the job cannot start),
+                                            :class:`SetWeights` (worker 0, from
+                                            ``broadcast_parameters``)
 ``WEIGHTS``         worker 0 -> each server the initial weights, raw bytes, model layout
-``REGISTERED``      each server -> worker   :class:`Registration` (accepted or refused)
+                                            (also after :class:`SetWeights`)
+``REGISTERED``      each server -> worker   :class:`Registration` (accepted or refused),
+                                            :class:`WeightsSet`
 ``MODEL_CHECK``     workers' communicator   each worker's ``ModelSpec`` to worker 0, then
                                             a :class:`ModelCheck` back to each
 ``AGREE``           every rank <-> rank 0   at ``init``: each rank's :class:`RankSettings`,
@@ -90,6 +94,8 @@ __all__ = [
     "Registration",
     "ModelCheck",
     "RankSettings",
+    "SetWeights",
+    "WeightsSet",
     "RequestKind",
     "ReplyStatus",
     "Request",
@@ -203,6 +209,27 @@ class RankSettings:
 
     servers: int
     chunk_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SetWeights:
+    """Worker 0 (``CONTROL``): replace served model ``model``'s weights (its index among the
+    served models, in registration order) with the ``nbytes`` bytes that follow on
+    ``WEIGHTS`` (model layout), as at registration. Sent by ``broadcast_parameters`` when
+    it overwrote served parameters: every worker is in that collective, so no push is in
+    flight. The server answers every worker with :class:`WeightsSet` on ``REGISTERED``."""
+
+    model: int
+    nbytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSet:
+    """The server's answer to :class:`SetWeights`: the master weights and every worker's
+    ``w_bak(m)`` (its reply area) now hold the new weights, or ``error`` says why not."""
+
+    error: Optional[str] = None
+
 
 
 # -- one-sided requests and replies -------------------------------------------------------

@@ -24,6 +24,7 @@ from .context import Context
 from .fault_injection import arm as _arm_fault
 from .handshake import agree_on_settings
 from .host_checks import check_world_size
+from .negotiation import attach as _attach_collectives
 from .protocol import Goodbye, Tag
 from .server import ServerAbort, serve
 from .settings import Settings
@@ -85,10 +86,23 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
         roll_call.record(settings.ranks_dir, world.Get_rank(), role)
     if ctx.role == "server":
         _run_server(ctx)  # never returns
+    _attach_collectives(ctx)  # the workers' collectives: collective over the workers, like the splits above
     atexit.register(_shutdown_at_exit)
 
 
+_HARNESS_NOTICE = (
+    "hvd_dc: this process is a parameter server (world ranks 0..HVD_DC_SERVERS-1): hvd_dc.init() does not return here; it "
+    "serves until every worker has shut down, then ends the process. Under a test harness, launch each test "
+    "with mpiexec (one job per test) or call hvd_dc.run(fn, np=workers) from the harness (docs/HOROVOD.md, "
+    "'Test harnesses and hvd_dc.run')."
+)
+
+
 def _run_server(ctx: Context) -> None:
+    if "pytest" in sys.modules:
+        # a harness ran init() on rank 0: say why this test will not come back, instead of
+        # leaving only the harness's own timeout ("Killed (signal 9)") to see
+        print(_HARNESS_NOTICE, file=sys.stderr, flush=True)
     try:
         status = serve(ctx)
     except ServerAbort as exc:

@@ -51,10 +51,12 @@ from .protocol import (
     Request,
     RequestKind,
     ServerWindows,
+    SetWeights,
     Tag,
+    WeightsSet,
 )
 from .server_state import ShardState
-from .waiting import Backoff, HvdDcTimeout
+from .waiting import Backoff, HvdDcTimeout, wait_request
 
 __all__ = ["serve", "ServedModel", "ServerAbort"]
 
@@ -273,6 +275,8 @@ def serve(ctx: Context) -> int:
                         failures.append("registration failed")
                     else:
                         models.append(ServedModel(ctx, index, *served, pool=pool, progress=progress))
+                elif isinstance(msg, SetWeights):
+                    _set_weights(ctx, models, msg, src)
                 elif isinstance(msg, Abort):
                     log.error("aborting at the workers' request: %s", msg.reason)
                     failures.append(msg.reason)
@@ -302,6 +306,31 @@ def serve(ctx: Context) -> int:
     for model in models:
         model.close()  # collective with the workers' shutdown, in registration order
     return 1 if failures else 0
+
+
+def _set_weights(ctx: Context, models: List[ServedModel], msg: SetWeights, src: int) -> None:
+    """Worker 0's :class:`SetWeights`: take the weights that follow on ``WEIGHTS``, make them
+    the master weights and every worker's ``w_bak(m)``, and tell every worker."""
+    world = ctx.world
+    weights = torch.empty(msg.nbytes, dtype=torch.uint8)
+    req = world.Irecv([weights.numpy(), MPI.BYTE], source=src, tag=Tag.WEIGHTS)
+    error = None
+    try:
+        wait_request(req, ctx.settings.timeout,
+                     lambda: f"parameter server: world rank {src} did not send the weights it announced within "
+                     f"{ctx.settings.timeout:g} s")
+        if not 0 <= msg.model < len(models):
+            raise ValueError(f"no served model {msg.model}")
+        state = models[msg.model].state
+        if msg.nbytes != state.layout.nbytes:
+            raise ValueError(f"{msg.nbytes} bytes of weights for a model of {state.layout.nbytes}")
+        state.set_weights(weights)  # this server's chunks of them
+        log.info("model %d: weights replaced by world rank %d's (broadcast_parameters)", msg.model, src)
+    except (HvdDcTimeout, ValueError) as exc:
+        log.error("cannot set the weights of model %d: %s", msg.model, exc)
+        error = str(exc)
+    for r in ctx.topology.worker_ranks:
+        world.send(WeightsSet(error), dest=r, tag=Tag.REGISTERED)
 
 
 def _check_stragglers(ctx: Context, models: List[ServedModel], goodbyes: Set[int], first_goodbye: float) -> None:

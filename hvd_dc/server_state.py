@@ -215,6 +215,16 @@ class ServerState:
         for m in range(self.num_workers):
             self._send_backup(m)
 
+    def set_weights(self, weights: torch.Tensor) -> None:
+        """Replace the master weights with ``weights`` (uint8, model layout) and make every
+        worker's ``w_bak(m)`` (and its reply area) hold them: each worker then computes on
+        exactly these weights, so Algorithm 2 stays exact. The optimizer's state, the
+        MeanSquare buffers and the counters are kept."""
+        self.weights.copy_(weights[: self.layout.nbytes].to(self.device))
+        for b in self.backups:
+            b.copy_(self.weights)
+        self.refresh_replies()
+
     def _note_pull(self, worker: int) -> None:
         self.updates_at_pull[worker] = self.updates
         self.pulls[worker] += 1
@@ -379,10 +389,20 @@ class ShardState:
                                            device=device, kernels=kernels))
         self.device = self.states[0].device if self.states else torch.device("cpu")
         self.staged = device is not None
+        #: the whole model's layout (the chunks are slices of it)
+        self.layout = spec.layout()
 
     @property
     def chunk_layouts(self) -> List:
         return [st.layout for st in self.states]
+
+    def set_weights(self, weights: torch.Tensor) -> None:
+        """Make this server's chunks of ``weights`` (uint8, the whole model's layout) the
+        master weights and every worker's ``w_bak(m)`` (:meth:`ServerState.set_weights`)."""
+        for c, st in zip(self.chunks, self.states):
+            piece = torch.zeros(st.layout.nbytes, dtype=torch.uint8)
+            piece[: c.nbytes] = weights[c.offset : c.offset + c.nbytes]
+            st.set_weights(piece)
 
     def pushes_settled(self) -> bool:
         """Every worker's pushes reached every chunk alike (no push half applied): the

@@ -16,11 +16,22 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from mpi4py import MPI
 
-__all__ = ["HvdDcTimeout", "Backoff", "wait_until", "wait_request", "recv", "gather_at_root"]
+__all__ = ["HorovodInternalError", "HvdDcTimeout", "Backoff", "wait_until", "wait_request", "recv", "gather_at_root"]
 
 
-class HvdDcTimeout(TimeoutError):
-    """A rank did not answer within the configured timeout."""
+class HorovodInternalError(RuntimeError):
+    """A collective or exchange among hvd_dc's ranks failed (Horovod's name for it).
+
+    Horovod scripts catch ``hvd.HorovodInternalError`` (or ``RuntimeError``) around
+    collectives; every hvd_dc error of that kind derives from it."""
+
+
+class HvdDcTimeout(HorovodInternalError):
+    """A rank did not answer within the configured timeout.
+
+    A ``RuntimeError`` (through :class:`HorovodInternalError`), as Horovod's errors are, so
+    that ``except RuntimeError`` and ``except hvd.HorovodInternalError`` catch it. (It
+    cannot also be a ``TimeoutError``: Python refuses a class with both bases.)"""
 
 
 class Backoff:

@@ -26,7 +26,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from . import context
+from . import context, optimizer_options
+from .collectives import Average, global_process_set
 from .compression import Compression, compression_name
 from .dc_math import DCOptions
 from .devices import is_staged, parse_server_device, worker_device
@@ -39,7 +40,7 @@ from .stats import worker_stats_extra
 from .waiting import HvdDcTimeout
 from .worker_buffers import WorkerBuffers
 
-__all__ = ["DistributedDCOptimizer", "DCWorker"]
+__all__ = ["DistributedDCOptimizer", "DistributedOptimizer", "DCWorker"]
 
 _UNSUPPORTED = ("LBFGS", "SparseAdam")
 
@@ -49,6 +50,13 @@ def DistributedDCOptimizer(
     named_parameters: Optional[Iterable[Tuple[str, torch.nn.Parameter]]] = None,
     compression: Any = Compression.none,
     backward_passes_per_step: int = 1,
+    op: Any = Average,
+    gradient_predivide_factor: float = 1.0,
+    num_groups: int = 0,
+    groups: Any = None,
+    sparse_as_dense: bool = False,
+    process_set: Any = global_process_set,
+    *,
     dc_variant: str = "adaptive",
     dc_lambda: Optional[float] = None,
     dc_momentum: float = 0.95,
@@ -63,6 +71,13 @@ def DistributedDCOptimizer(
     chunk_bytes: Optional[int] = None,
 ) -> torch.optim.Optimizer:
     """Make ``optimizer`` train asynchronously through the DC-ASGD parameter server.
+
+    ``hvd.DistributedOptimizer`` is this function: Horovod's arguments come first, in
+    Horovod's order (``named_parameters``, ``compression``, ``backward_passes_per_step``,
+    ``op``, ``gradient_predivide_factor``, ``num_groups``, ``groups``, ``sparse_as_dense``,
+    ``process_set``), then the DC options, keywords only. What ``op`` (``Average``: push
+    the gradient as it is; ``Sum``: ``size()`` times it; ``Adasum``: refused) and the
+    others mean for asynchronous pushes: :mod:`hvd_dc.optimizer_options`.
 
     Returns the same optimizer object. ``step()`` pushes this worker's gradients and pulls
     the server's newest weights (which include them) into the model in place; ``pull()``
@@ -113,6 +128,8 @@ def DistributedDCOptimizer(
         raise ValueError(f"{type(optimizer).__name__} is not supported by hvd_dc: its step does not take one gradient")
     if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an int >= 1; got {backward_passes_per_step!r}")
+    hvd_options = optimizer_options.check(op, gradient_predivide_factor, num_groups, groups, sparse_as_dense,
+                                          process_set, context.current().num_workers)
     dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square)
     comp = compression_name(compression)
     if nonfinite not in ("skip", "raise"):
@@ -142,7 +159,12 @@ def DistributedDCOptimizer(
                       overlap)
     ctx.served.append(worker)
     _install(optimizer, worker)
+    optimizer_options.apply(optimizer, [p for p, _ in params], hvd_options, ctx.num_workers)
     return optimizer
+
+
+#: Horovod's name: the same function (``hvd.DistributedOptimizer is hvd.DistributedDCOptimizer``)
+DistributedOptimizer = DistributedDCOptimizer
 
 
 def _validate_checkpointing(path, every_updates, every_seconds) -> None:

@@ -21,11 +21,29 @@ def test_quick_start_example_trains(tmp_path):
 def test_synthetic_benchmark_runs(tmp_path):
     bench = EXAMPLE.parent / "pytorch_synthetic_benchmark.py"
     res = run_mpi(3, "", out_dir=tmp_path, timeout=180,
-                  command=mpiexec() + ["-n", "3", sys.executable, str(bench), "--model", "mlp", "--width", "128",
-                                       "--num-warmup-batches", "2", "--num-batches-per-iter", "3", "--num-iters", "2"])
+                  command=mpiexec() + ["-n", "3", sys.executable, str(bench), "--model", "cnn", "--width", "512",
+                                       "--image-size", "16", "--sync-bn", "--num-warmup-batches", "2",
+                                       "--num-batches-per-iter", "3", "--num-iters", "2"])
     assert res.returncode == 0, res.stderr
     assert re.search(r"Total img/sec on 2 worker\(s\): [0-9.]+", res.stdout), res.stdout
     assert "mean staleness" in res.stdout
+
+
+def test_mnist_example_through_run(tmp_path):
+    """The MNIST-shaped example (Horovod's pytorch_mnist.py calls) trains through
+    hvd.run(train, args=(args,), np=2) from a plain Python process: the harness launches
+    the server and 2 workers and returns each worker's final test accuracy."""
+    script = EXAMPLE.parent / "pytorch_mnist_synthetic.py"
+    res = run_mpi(3, "", out_dir=tmp_path, timeout=240,
+                  command=[sys.executable, str(script), "--num-proc", "2", "--epochs", "2",
+                           "--gradient-predivide-factor", "2.0"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    accs = [float(a) for a in re.findall(r"Accuracy: ([0-9.]+)%", res.stdout)]
+    assert len(accs) == 2, res.stdout
+    final = re.search(r"Final test accuracy per worker: \[([0-9., ]+)\]", res.stdout)
+    assert final, res.stdout
+    per_worker = [float(a) for a in final.group(1).split(",")]
+    assert len(per_worker) == 2 and min(per_worker) > 0.5, res.stdout
 
 
 def test_port_diff_is_two_code_lines():

@@ -15,9 +15,9 @@ def test_server_that_stops_answering_is_named_and_the_job_ends(tmp_path):
     res = run_mpi(4, "faults.py", "--mode", "stall", out_dir=tmp_path, timeout=90,
                   env={"HVD_DC_TIMEOUT": "4", "HVD_DC_FAULT": "stall_server:5"})
     assert res.returncode != 0
-    # whichever of the three workers times out first ends the job; each names the server
-    assert re.search(r"worker [012] \(world rank [123]\): the parameter server \(world rank 0\) did not answer "
-                     r"request", res.stdout), res.stdout
+    # whichever worker times out first ends the job (MPI_Abort): any of them may be the one named
+    assert re.search(r"worker \d \(world rank \d\): the parameter server \(world rank 0\) did not answer request",
+                     res.stdout), res.stdout
     assert "within 4 s" in res.stdout
     assert "stopped answering; ending the job" in res.stderr
 
