@@ -91,9 +91,9 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
 
 
 _HARNESS_NOTICE = (
-    "hvd_dc: this process is a parameter server (world ranks 0..HVD_DC_SERVERS-1): hvd_dc.init() does not return here; it "
-    "serves until every worker has shut down, then ends the process. Under a test harness, launch each test "
-    "with mpiexec (one job per test) or call hvd_dc.run(fn, np=workers) from the harness (docs/HOROVOD.md, "
+    "hvd_dc: this process (world rank {rank}) is the parameter server{which}: hvd_dc.init() does not return "
+    "here; it serves until every worker has shut down, then ends the process. Under a test harness, launch each "
+    "test with mpiexec (one job per test) or call hvd_dc.run(fn, np=workers) from the harness (docs/HOROVOD.md, "
     "'Test harnesses and hvd_dc.run')."
 )
 
@@ -102,7 +102,9 @@ def _run_server(ctx: Context) -> None:
     if "pytest" in sys.modules:
         # a harness ran init() on rank 0: say why this test will not come back, instead of
         # leaving only the harness's own timeout ("Killed (signal 9)") to see
-        print(_HARNESS_NOTICE, file=sys.stderr, flush=True)
+        rank, servers = ctx.world.Get_rank(), ctx.topology.servers
+        which = f" ({rank + 1} of {servers})" if servers > 1 else ""
+        print(_HARNESS_NOTICE.format(rank=rank, which=which), file=sys.stderr, flush=True)
     try:
         status = serve(ctx)
     except ServerAbort as exc:
