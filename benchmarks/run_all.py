@@ -29,6 +29,42 @@ TITLES = {
     "scale_model": "7. Cost model: calibrated here, checked against every point above, projected to GPU clusters",
 }
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+SCALE_BEGIN, SCALE_END = "<!-- SCALE:BEGIN -->", "<!-- SCALE:END -->"  # in the top-level README
+
+
+def scale_summary(out: Path) -> str:
+    """The top-level README's scale-out table, from scale_out.json and scale_model.json."""
+    f = out / "scale_out.json"
+    if not f.exists():
+        return "(run `python benchmarks/run_all.py` to fill this in)"
+    d = json.loads(f.read_text())
+    m = d["machine"]
+    rows = []
+    ex = {r["overlap"]: r for r in d.get("exposed", {}).get("rows", [])}
+    if ex:
+        rows.append(("exposed communication, 1 worker, 25M params, backward T = 100 ms (fraction of compute)",
+                     f"{ex['off']['exposed']:.3f} blocking, {ex['on']['exposed']:.3f} overlapped", "<= 0.10"))
+    for r in d.get("apply", {}).get("rows", []):
+        rows.append((f"server apply of {r['params'] / 1e6:.0f}M params on 2 threads vs 1", f"{r['speedup']:.2f}x",
+                     ">= 1.6x"))
+    t = d.get("tier")
+    if t:
+        rates = " / ".join(f"{r['updates_per_s']:.1f}" for r in t["rows"])
+        rows.append(("updates/s, 2 workers with T = 0 (server-bound), S = 1 / S = 2", f"{rates} ({t['ratio']:.2f}x)", "-"))
+    st = d.get("straggler")
+    if st:
+        hv = f", {st['vs_horovod']:.2f}x Horovod" if st.get("vs_horovod") else f" (Horovod: {st['horovod']})"
+        rows.append(("4 workers, 25M params, T = 100 ms, one 4x straggler: fraction of the async ideal",
+                     f"{st['vs_ideal']:.2f}", ">= 0.9"))
+        rows.append(("same run, gradients/s vs synchronous", f"{st['vs_ddp']:.2f}x DDP{hv}", ">= 3x"))
+    model = out / "scale_model.json"
+    if model.exists():
+        sm = json.loads(model.read_text())
+        rows.append(("cost model's predictions vs the points measured here (within 20 %)", sm["within_20_percent"],
+                     "all"))
+    table = "| measurement | result | target |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    return (f"{table}\n\n({m['time']}, {m['cores']} cores, load average {m['loadavg'][0]:.1f}; "
+            "definitions and the full tables: benchmarks/README.md, benchmarks 6 and 7)")
 
 
 def section(out: Path) -> str:
@@ -81,6 +117,14 @@ def main() -> None:
             doc = doc[: doc.index(BEGIN) + len(BEGIN)] + "\n" + text + "\n" + doc[doc.index(END):]
             readme.write_text(doc)
             print(f"updated {readme}")
+    top = BENCH.parent / "README.md"
+    if not (args.no_readme or args.quick) and top.exists():
+        doc = top.read_text()
+        if SCALE_BEGIN in doc and SCALE_END in doc:
+            doc = doc[: doc.index(SCALE_BEGIN) + len(SCALE_BEGIN)] + "\n" + scale_summary(out) + "\n" + \
+                doc[doc.index(SCALE_END):]
+            top.write_text(doc)
+            print(f"updated {top}")
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 
