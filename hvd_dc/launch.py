@@ -331,11 +331,16 @@ def _run_and_name_the_dead(command: List[str], env: Dict[str, str], ranks_dir: s
     seen: List[bytes] = []
 
     def relay(src, dst) -> None:
-        for line in iter(src.readline, b""):
-            dst.write(line)
+        # bytes as they come (progress bars redraw with \r, not \n); keep the lines that name PIDs
+        tail = b""
+        for block in iter(lambda: os.read(src.fileno(), 65536), b""):
+            dst.write(block)
             dst.flush()
-            if b"PID" in line:
-                seen.append(line)
+            lines = (tail + block).split(b"\n")
+            tail = lines.pop()[-4096:]
+            seen.extend(line for line in lines if b"PID" in line)
+        if b"PID" in tail:
+            seen.append(tail)
 
     threads = [threading.Thread(target=relay, args=(proc.stdout, sys.stdout.buffer), daemon=True),
                threading.Thread(target=relay, args=(proc.stderr, sys.stderr.buffer), daemon=True)]
