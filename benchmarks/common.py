@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from hvd_dc.launch import local_mpiexec
+from hvd_dc.launch import detect_mpi, local_mpiexec
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -134,11 +134,14 @@ def horovod_available() -> bool:
 
 
 def horovod_launcher() -> List[str]:
-    """Horovod's venv ships its own Open MPI; launch with that mpirun."""
+    """The launcher beside Horovod's interpreter (its venv has its own MPI wheel), with the
+    flags that MPI needs to start more ranks than cores as root."""
     exe = Path(HOROVOD_PYTHON).parent / "mpirun"
     if not exe.exists():
         exe = Path(HOROVOD_PYTHON).parent / "mpiexec"
-    return [str(exe), "--oversubscribe", "--allow-run-as-root", "--bind-to", "none"]
+    if detect_mpi(str(exe)) == "openmpi":
+        return [str(exe), "--oversubscribe", "--allow-run-as-root", "--bind-to", "none"]
+    return [str(exe)]
 
 
 def free_port() -> int:
