@@ -78,6 +78,7 @@ def _describe(spec) -> Dict[str, Any]:
         "optimizer_class": ".".join(spec.optimizer_class),
         "dc_variant": spec.dc.variant.label,
         "dc_mean_square": spec.dc.mean_square,
+        "staleness_policy": spec.dc.staleness_policy,
     }
 
 
@@ -98,6 +99,7 @@ def _record(state) -> Dict[str, Any]:
         "weights": _host_copy(state.weights),
         "backups": [_host_copy(b) for b in state.backups],
         "mean_square": {str(k): [_host_copy(t) for t in v] for k, v in comp.mean_square.items()},
+        "staleness_policy": state.policy.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "updates": int(state.updates),
         "accepted": state.accepted.tolist(),
@@ -136,9 +138,10 @@ def restore(shard, ckpt: Dict[str, Any], path: str, plan: Optional[List[List[int
     model or its chunking differ."""
     mine = _describe(shard.spec)
     theirs = ckpt["model"]
-    for key in ("optimizer_class", "dc_variant", "dc_mean_square"):
-        if mine[key] != theirs[key]:
-            raise CheckpointMismatch(f"checkpoint {path} has {key}={theirs[key]!r} but this job uses {mine[key]!r}")
+    for key in ("optimizer_class", "dc_variant", "dc_mean_square", "staleness_policy"):
+        saved = theirs.get(key, "none")  # written before staleness policies existed: it ran "none"
+        if mine[key] != saved:
+            raise CheckpointMismatch(f"checkpoint {path} has {key}={saved!r} but this job uses {mine[key]!r}")
     if mine["params"] != theirs["params"]:
         if len(mine["params"]) != len(theirs["params"]):
             raise CheckpointMismatch(
@@ -173,6 +176,8 @@ def _restore_state(state, ckpt: Dict[str, Any], num_workers: int, path: str) -> 
     state.weights.copy_(ckpt["weights"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.updates = int(ckpt["updates"])
+    if "staleness_policy" in ckpt:  # model-wide state: restored whatever the number of workers
+        state.policy.load_state_dict(ckpt["staleness_policy"])
     comp = state.compensator
     if num_workers == state.num_workers:
         for b, saved in zip(state.backups, ckpt["backups"]):

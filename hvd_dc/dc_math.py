@@ -47,6 +47,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .staleness import validate_staleness_policy
+
 __all__ = [
     "DCVariant",
     "DCOptions",
@@ -100,7 +102,9 @@ class DCOptions:
 
     ``momentum`` and ``eps`` are the adaptive variant's MeanSquare momentum ``m`` and
     epsilon; ``mean_square`` is ``"per_worker"`` (one MeanSquare per worker, as the
-    authors' server kept) or ``"global"``.
+    authors' server kept) or ``"global"``. ``staleness_policy`` damps the compensated
+    gradient by the push's staleness or gap (:mod:`hvd_dc.staleness`; ``"none"``: not at
+    all).
     """
 
     variant: DCVariant = DCVariant.ADAPTIVE
@@ -108,6 +112,7 @@ class DCOptions:
     momentum: float = 0.95
     eps: float = 1e-7
     mean_square: str = "per_worker"
+    staleness_policy: str = "none"
 
     @classmethod
     def create(
@@ -117,6 +122,7 @@ class DCOptions:
         momentum: float = 0.95,
         eps: float = 1e-7,
         mean_square: str = "per_worker",
+        staleness_policy: str = "none",
     ) -> "DCOptions":
         """Check the user's options (``ValueError`` naming the bad one); ``dc_lambda=None``
         selects the paper's value for the variant."""
@@ -135,7 +141,7 @@ class DCOptions:
             raise ValueError(f"dc_eps must be a finite number > 0; got {eps!r}")
         if mean_square not in ("per_worker", "global"):
             raise ValueError(f"dc_mean_square must be 'per_worker' or 'global'; got {mean_square!r}")
-        return cls(v, lam, float(momentum), float(eps), mean_square)
+        return cls(v, lam, float(momentum), float(eps), mean_square, validate_staleness_policy(staleness_policy))
 
     @property
     def adaptive(self) -> bool:
@@ -144,7 +150,7 @@ class DCOptions:
     def as_arguments(self) -> Dict[str, Any]:
         """The options under the names ``DistributedDCOptimizer`` takes them."""
         return {"dc_variant": self.variant.label, "dc_lambda": self.lambda0, "dc_momentum": self.momentum,
-                "dc_eps": self.eps, "dc_mean_square": self.mean_square}
+                "dc_eps": self.eps, "dc_mean_square": self.mean_square, "staleness_policy": self.staleness_policy}
 
 
 def validate_dc_options(

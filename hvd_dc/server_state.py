@@ -11,6 +11,10 @@ the weights; the replay test passes plain tensors. Its two operations are Algori
   (with plain SGD: ``w <- w - eta * g_dc``, Eq. 10).
 * :meth:`pull`: ``w_bak(m) <- w``, one memcpy of the whole flat model.
 
+With a staleness policy (``spec.dc.staleness_policy``, :mod:`hvd_dc.staleness`) the
+compensated gradient is damped by the push's staleness or gap between the compensation and
+the optimizer step; the compensation may still be fused, the SGD step is then torch's.
+
 The optimizer runs on one flat tensor per (param group, dtype) segment when its class is
 known to be element-wise (SGD, Adam, ...), which is exact and keeps the server free of
 per-parameter loops; any other class runs on per-parameter views, also exact.
@@ -39,6 +43,7 @@ import torch
 from . import kernels
 from .chunks import chunk_spec
 from .dc_math import DelayCompensator
+from .staleness import StalenessPolicy
 from .layout import ELEMENTWISE_OPTIMIZERS, ModelSpec, resolve_class, write_hyperparameters
 from .stats import StalenessRecord, summarize_hist
 
@@ -103,6 +108,11 @@ class ServerState:
         self.compensator = DelayCompensator(
             spec.dc, self.num_workers, [s.numel for s in layout.segments], [s.dtype for s in layout.segments],
             device=dev,
+        )
+        #: damps g_dc by the push's staleness or gap (identity for "none")
+        self.policy = StalenessPolicy(
+            spec.dc.staleness_policy, self.num_workers, [s.numel for s in layout.segments],
+            [s.dtype for s in layout.segments], device=dev,
         )
         self._decompressed: List[Optional[torch.Tensor]] = [
             torch.empty(s.numel, dtype=s.dtype, device=dev) if ws.dtype != s.dtype else None
@@ -188,7 +198,7 @@ class ServerState:
             if dec is not None:
                 dec.copy_(grads[i])
                 grads[i] = dec
-        replied = self.update.apply(worker, grads, self.backup_segments[worker] if pull else None)
+        replied = self.update.apply(worker, staleness, grads, self.backup_segments[worker] if pull else None)
         self.updates += 1
         self.accepted[worker] += 1
         self.staleness.add(worker, staleness)
@@ -259,7 +269,8 @@ class ServerState:
 # * _FusedCompensationUpdate: the C kernel compensates float32/float64 segments in one pass
 #   (others as above), then the optimizer's own step. Any optimizer.
 # * _FusedSGDUpdate: torch.optim.SGD on flat float32/float64 segments: compensation, the SGD
-#   step and the copy into the worker's reply area in one pass per segment.
+#   step and the copy into the worker's reply area in one pass per segment. Not with a
+#   staleness policy, which acts between the compensation and the step.
 
 
 def _choose_update(state: ServerState, opt_class: type, choice: str) -> "_TorchUpdate":
@@ -267,7 +278,8 @@ def _choose_update(state: ServerState, opt_class: type, choice: str) -> "_TorchU
         return _TorchUpdate(state)
     fused_dtypes = all(seg.dtype in kernels.FUSED_DTYPES for seg in state.layout.segments)
     differentiable = any(g.get("differentiable", False) for g in state.optimizer.param_groups)
-    if state.flat_optimizer and opt_class is torch.optim.SGD and fused_dtypes and not differentiable:
+    if (state.flat_optimizer and opt_class is torch.optim.SGD and fused_dtypes and not differentiable
+            and not state.policy.active):
         return _FusedSGDUpdate(state)
     return _FusedCompensationUpdate(state)
 
@@ -286,11 +298,20 @@ class _TorchUpdate:
             return bool(torch.stack([torch.isfinite(g).all() for g in wire_grad]).all())
         return all(bool(torch.isfinite(g).all()) for g in wire_grad)
 
-    def apply(self, worker: int, grads: Sequence[torch.Tensor], reply: Optional[Sequence[torch.Tensor]]) -> bool:
-        """Update the master weights with worker ``worker``'s gradient; return True if the
-        new weights were also written into ``reply`` (never, here)."""
+    def apply(self, worker: int, staleness: int, grads: Sequence[torch.Tensor],
+              reply: Optional[Sequence[torch.Tensor]]) -> bool:
+        """Update the master weights with worker ``worker``'s gradient, ``staleness`` updates
+        old; return True if the new weights were also written into ``reply`` (never, here)."""
+        s = self.state
         self._compensate(worker, grads)
-        self.state.optimizer.step()
+        policy = s.policy
+        if not policy.active:
+            s.optimizer.step()
+            return False
+        policy.apply(staleness, s.grad_segments, s.weight_segments, s.backup_segments[worker])
+        policy.before_step(s.weight_segments)
+        s.optimizer.step()
+        policy.after_step(s.weight_segments)
         return False
 
     def _compensate(self, worker: int, grads: Sequence[torch.Tensor]) -> None:
@@ -340,10 +361,11 @@ class _FusedSGDUpdate(_FusedCompensationUpdate):
         self._params = [p for params in state.master_params for p in params]
         self._groups = [group for group in state.optimizer.param_groups for _ in group["params"]]
 
-    def apply(self, worker: int, grads: Sequence[torch.Tensor], reply: Optional[Sequence[torch.Tensor]]) -> bool:
+    def apply(self, worker: int, staleness: int, grads: Sequence[torch.Tensor],
+              reply: Optional[Sequence[torch.Tensor]]) -> bool:
         # checked on every push: a scheduler may turn a group's momentum on at any time
         if not self._momentum_buffers_exist():
-            return super().apply(worker, grads, reply)
+            return super().apply(worker, staleness, grads, reply)
         s, comp = self.state, self.compensator
         ms = self._mean_square[worker]
         opt_state = s.optimizer.state

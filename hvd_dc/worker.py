@@ -62,6 +62,7 @@ def DistributedDCOptimizer(
     dc_momentum: float = 0.95,
     dc_eps: float = 1e-7,
     dc_mean_square: str = "per_worker",
+    staleness_policy: str = "none",
     nonfinite: str = "skip",
     checkpoint_path: Optional[str] = None,
     checkpoint_every_updates: Optional[int] = None,
@@ -90,6 +91,14 @@ def DistributedDCOptimizer(
     The wrapped optimizer's class and hyperparameters run on the server, fed with the
     compensated gradient; the learning rate (and every float hyperparameter) a worker's
     optimizer holds when it pushes is the one applied to that gradient.
+
+    ``staleness_policy``: how the server also damps a stale gradient, after compensating
+    it and before the optimizer step (:mod:`hvd_dc.staleness`, rules and sources there):
+    ``"none"`` (default), ``"staleness_lr"`` (the push's lr divided by its staleness,
+    Zhang et al. 2016), ``"delay_adaptive"`` (divided by the staleness only above M,
+    Koloskova et al. 2022) or ``"gap_aware"`` (each element divided by how far its weight
+    moved since the pull, in units of the average update, Barkai et al. 2020). Meant for
+    SGD; combines with any ``dc_variant`` (``dc_variant="none"`` for the policy alone).
 
     ``nonfinite``: what a gradient with NaN/Inf does. The server rejects every chunk that
     holds one and counts it (the model is never touched by a non-finite value; the other
@@ -128,9 +137,9 @@ def DistributedDCOptimizer(
         raise ValueError(f"{type(optimizer).__name__} is not supported by hvd_dc: its step does not take one gradient")
     if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an int >= 1; got {backward_passes_per_step!r}")
+    dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square, staleness_policy)
     hvd_options = optimizer_options.check(op, gradient_predivide_factor, num_groups, groups, sparse_as_dense,
                                           process_set, context.current().num_workers)
-    dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square)
     comp = compression_name(compression)
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite must be 'skip' or 'raise'; got {nonfinite!r}")

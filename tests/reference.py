@@ -29,24 +29,65 @@ def adaptive_lambda(mean_square, g, lambda0, momentum, eps):
     return lam
 
 
+# -- staleness policies (the rules as written in hvd_dc/staleness.py's docstring, from the papers)
+
+
+def staleness_lr_factor(tau):
+    """Zhang et al. (IJCAI 2016): a gradient of staleness tau gets lr / tau (tau = 0: lr)."""
+    return 1.0 if tau == 0 else 1.0 / tau
+
+
+def delay_adaptive_factor(tau, num_workers):
+    """Koloskova et al. (NeurIPS 2022), Eq. 11 with Section 4.4's eta_t = eta / tau_t: the
+    stepsize eta for tau <= tau_C (the concurrency, M workers), eta / tau above."""
+    return 1.0 if tau <= num_workers else 1.0 / tau
+
+
+def gap_damped(g, w, w_bak, c_avg, k, beta=0.99):
+    """Gap-Aware (Barkai et al., ICLR 2020): each element g_i / max(1, |w_i - w_bak_i| / C_hat_i),
+    C_hat = C / (1 - beta^k) the bias-corrected running average of update sizes; G = 1 where
+    C_hat = 0 or before any update."""
+    out = np.empty(len(g), dtype=np.float64)
+    for i in range(len(g)):
+        c_hat = c_avg[i] / (1.0 - beta**k) if k > 0 else 0.0
+        gap = abs(w[i] - w_bak[i]) / c_hat if c_hat > 0 else 0.0
+        out[i] = g[i] / max(1.0, gap)
+    return out
+
+
+def gap_track(c_avg, w_old, w_new, beta=0.99):
+    """After a server update: C_i <- beta * C_i + (1 - beta) * |w_new_i - w_old_i|, in place."""
+    for i in range(len(c_avg)):
+        c_avg[i] = beta * c_avg[i] + abs(w_new[i] - w_old[i]) * (1.0 - beta)
+
+
 class Algorithm2:
     """The paper's Algorithm 2 with plain SGD (optionally momentum and weight decay
-    applied to the compensated gradient, as torch.optim.SGD does), in float64."""
+    applied to the compensated gradient, as torch.optim.SGD does), in float64, with an
+    optional staleness policy applied to the compensated gradient."""
 
     def __init__(self, w0, num_workers, variant, lambda0, lr, dc_momentum=0.95, eps=1e-7,
-                 mean_square="per_worker", momentum=0.0, weight_decay=0.0, nesterov=False):
+                 mean_square="per_worker", momentum=0.0, weight_decay=0.0, nesterov=False, policy="none"):
         self.w = np.array(w0, dtype=np.float64)
         self.bak = [self.w.copy() for _ in range(num_workers)]
+        self.num_workers = num_workers
         self.variant, self.lambda0, self.lr = variant, lambda0, lr
         self.dc_momentum, self.eps = dc_momentum, eps
         self.ms: Dict[int, np.ndarray] = {}
         self.shared_ms = mean_square == "global"
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
         self.buf: Optional[np.ndarray] = None
+        self.policy = policy
+        self.updates = 0
+        self.at_pull = [0] * num_workers
+        self.c_avg = np.zeros_like(self.w)
+        self.staleness: List[int] = []  # of every push, in order
 
     def push(self, m, g, lr=None):
         g = np.asarray(g, dtype=np.float64)
         lr = self.lr if lr is None else lr
+        tau = self.updates - self.at_pull[m]
+        self.staleness.append(tau)
         if self.variant == "none":
             gdc = g.copy()
         else:
@@ -57,14 +98,24 @@ class Algorithm2:
                 ms = self.ms.setdefault(key, np.zeros_like(self.w))
                 lam = adaptive_lambda(ms, g, self.lambda0, self.dc_momentum, self.eps)
             gdc = dc_gradient(g, self.w, self.bak[m], lam)
+        if self.policy == "staleness_lr":
+            gdc = gdc * staleness_lr_factor(tau)
+        elif self.policy == "delay_adaptive":
+            gdc = gdc * delay_adaptive_factor(tau, self.num_workers)
+        elif self.policy == "gap_aware":
+            gdc = gap_damped(gdc, self.w, self.bak[m], self.c_avg, self.updates)
         d = gdc + self.weight_decay * self.w
         if self.momentum:
             self.buf = d.copy() if self.buf is None else self.momentum * self.buf + d
             d = d + self.momentum * self.buf if self.nesterov else self.buf
+        w_old = self.w
         self.w = self.w - lr * d
+        gap_track(self.c_avg, w_old, self.w)
+        self.updates += 1
 
     def pull(self, m):
         self.bak[m] = self.w.copy()  # a copy, taken at the pull
+        self.at_pull[m] = self.updates
         return self.w.copy()
 
 

@@ -31,3 +31,18 @@ def test_simulator_is_deterministic_and_one_worker_asgd_is_sgd():
     # one worker: its backup is always the current weights, so the DC term is exactly 0
     assert one["server"]["staleness_max"] == 0
     assert sgd["curve"]["loss"] == one["curve"]["loss"]
+
+
+def test_policies_in_the_simulator_delay_adaptive_cannot_act_under_round_robin():
+    """The study's claim: with round-robin order every push has staleness M-1 <= tau_C = M,
+    so the delay-adaptive policy is exactly ASGD (same bits); under a random order, and for
+    the other policies, the trajectory changes."""
+    def run(method, pattern):
+        c = simulate.simulate("digits", method, 4, seed=3, lr=0.1, epochs=1, pattern=pattern)["curve"]
+        return {k: c[k] for k in ("err", "loss", "train_loss")}  # not the timings
+
+    assert run("da", "round_robin") == run("asgd", "round_robin")
+    assert run("dc-a+da", "round_robin") == run("dc-a", "round_robin")
+    assert run("da", "random")["loss"] != run("asgd", "random")["loss"]
+    assert run("sa", "round_robin")["loss"] != run("asgd", "round_robin")["loss"]
+    assert run("ga", "round_robin")["loss"] != run("asgd", "round_robin")["loss"]

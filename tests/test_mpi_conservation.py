@@ -48,3 +48,16 @@ def test_nonfinite_gradients_are_rejected_counted_and_the_model_stays_finite(tmp
     assert w0["rejected"] == w0["rejected_expected"]
     assert results[1]["rejected"] == 0
     assert "rejected a gradient with NaN/Inf from worker 0" in res.stderr
+
+
+@pytest.mark.parametrize("policy", ["staleness_lr", "delay_adaptive"])
+def test_conservation_with_a_staleness_policy(tmp_path, policy):
+    """Every accepted push is applied once, scaled by its policy's factor of the staleness the
+    server measured for it (1 / max(1, tau), or 1 / tau above tau_C = M); worker 0 is a straggler so
+    that some pushes are staler than M."""
+    res = run_mpi(4, "conservation.py", "--variant", "adaptive", "--policy", policy, "--dtypes", "float64",
+                  "--slow-worker", out_dir=tmp_path).check()
+    results = _check_conserved(res, 3)
+    taus = results[0]["staleness"]
+    assert max(taus) > 3, taus  # the straggler's pushes: the factor is not 1 for them
+    assert len(set(t for r in results.values() for t in r["staleness"])) >= 3

@@ -26,6 +26,17 @@ def test_digits_mlp_learns(tmp_path, workers, variant, optimizer):
     assert len({round(r["loss1"], 6) for r in results.values()}) == 1
 
 
+@pytest.mark.parametrize("policy", ["gap_aware", "staleness_lr"])
+def test_digits_mlp_learns_with_a_staleness_policy(tmp_path, policy):
+    """DC-ASGD-a combined with a staleness policy still trains the real model."""
+    res = run_mpi(4, "learn.py", "--variant", "adaptive", "--policy", policy, out_dir=tmp_path, timeout=180).check()
+    results = res.results()
+    assert sorted(results) == [0, 1, 2]
+    for r in results.values():
+        assert r["acc0"] < 0.3 and r["acc1"] > 0.9, r
+        assert r["loss1"] < 0.5 * r["loss0"]
+
+
 def test_pull_fetches_weights_without_pushing(tmp_path):
     res = run_mpi(4, "pull.py", out_dir=tmp_path).check()
     results = res.results()

@@ -1,6 +1,14 @@
 """Tasks, models, recipe and evaluation shared by the simulator and the mpiexec mode.
 
-Two tasks, neither downloads anything:
+Three tasks, none downloads anything:
+
+* ``fashion``: Fashion-MNIST (Xiao, Rasul, Vollgraf 2017; 28x28 grey images of clothing,
+  10 classes), read from the IDX files the Debian package ``dataset-fashion-mnist``
+  installs in /usr/share/datasets/fashion-mnist (``--data DIR`` or $HVD_DC_FASHION_MNIST
+  point elsewhere) by this module's own reader (:func:`read_idx`). A fixed training
+  subset and a disjoint validation split are drawn from the 60,000 training images; the
+  test set is the official 10,000. Model: a narrow ResNet-14 with GroupNorm
+  (:class:`FashionResNet`). See benchmarks/CONVERGENCE.md for the sizes and why.
 
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), with the
   quick-start example's small CNN. Split (fixed): 1,300 train / 200 validation / 297 test.
@@ -21,19 +29,35 @@ MeanSquare momentum 0.95 (the paper's CIFAR-10 values).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import math
-from typing import Dict, List, Tuple
+import os
+import struct
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 METHODS = ("sgd", "ssgd", "asgd", "dc-c", "dc-a")
-LABELS = {"sgd": "SGD", "ssgd": "SSGD", "asgd": "ASGD", "dc-c": "DC-ASGD-c", "dc-a": "DC-ASGD-a"}
+#: the staleness policies (hvd_dc/staleness.py) alone and combined with DC-ASGD-a
+POLICY_METHODS = ("sa", "da", "ga", "dc-a+da", "dc-a+ga")
+ALL_METHODS = METHODS + POLICY_METHODS
+LABELS = {"sgd": "SGD", "ssgd": "SSGD", "asgd": "ASGD", "dc-c": "DC-ASGD-c", "dc-a": "DC-ASGD-a",
+          "sa": "ASGD+lr/tau", "da": "ASGD+delay-adaptive", "ga": "ASGD+Gap-Aware",
+          "dc-a+da": "DC-ASGD-a+delay-adaptive", "dc-a+ga": "DC-ASGD-a+Gap-Aware"}
 #: hvd_dc's dc_variant for each asynchronous method
-VARIANT = {"asgd": "none", "dc-c": "constant", "dc-a": "adaptive", "sgd": "none"}
+VARIANT = {"asgd": "none", "dc-c": "constant", "dc-a": "adaptive", "sgd": "none",
+           "sa": "none", "da": "none", "ga": "none", "dc-a+da": "adaptive", "dc-a+ga": "adaptive"}
+#: hvd_dc's staleness_policy for each method
+POLICY = {"sa": "staleness_lr", "da": "delay_adaptive", "ga": "gap_aware", "dc-a+da": "delay_adaptive",
+          "dc-a+ga": "gap_aware"}
 DC_LAMBDA = {"none": 0.0, "constant": 0.04, "adaptive": 2.0}
 DC_MOMENTUM = 0.95
+
+
+def policy_of(method: str) -> str:
+    return POLICY.get(method, "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +73,25 @@ class TaskConfig:
 TASKS: Dict[str, TaskConfig] = {
     "digits": TaskConfig("digits", epochs=16, batch=16, base_lr=0.1, quick_epochs=4, lr_grid=(0.25, 0.5, 1.0, 2.0)),
     "shapes": TaskConfig("shapes", epochs=16, batch=32, base_lr=0.1, quick_epochs=2, lr_grid=(0.5, 1.0, 2.0)),
+    "fashion": TaskConfig("fashion", epochs=8, batch=64, base_lr=0.1, quick_epochs=2, lr_grid=(0.5, 1.0, 2.0)),
+}
+
+#: Fashion-MNIST: sizes of the fixed training subset and of the validation split, both drawn
+#: (disjoint) from the 60,000 official training images; the test set is the official 10,000.
+FASHION_TRAIN = 12000
+FASHION_VAL = 5000
+#: basic blocks per stage of the Fashion-MNIST ResNet: 2 is ResNet-14 (see benchmarks/CONVERGENCE.md
+#: for why not 3, ResNet-20: ``convergence_fashion.py --parts cost`` measures both)
+FASHION_BLOCKS = 2
+#: a smaller training subset (the quick check sets it; mpiexec ranks inherit it)
+FASHION_TRAIN_ENV = "HVD_DC_FASHION_TRAIN"
+FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_ENV = "HVD_DC_FASHION_MNIST"
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
 }
 
 
@@ -88,6 +131,8 @@ def load_task(task: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
             _CACHE[task] = _digits()
         elif task == "shapes":
             _CACHE[task] = _shapes()
+        elif task == "fashion":
+            _CACHE[task] = _fashion()
         else:
             raise ValueError(f"unknown task {task!r}")
     return _CACHE[task]
@@ -103,6 +148,97 @@ def _digits():
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     tr, va, te = perm[:1300], perm[1300:1500], perm[1500:]
     return x[tr], y[tr], x[va], y[va], x[te], y[te]
+
+
+class DataMissing(FileNotFoundError):
+    """The Fashion-MNIST IDX files are not where we look; the message says how to get them."""
+
+
+def fashion_dir(data_dir: Optional[str] = None) -> str:
+    """Where the Fashion-MNIST IDX files are read from: ``data_dir``, else
+    $HVD_DC_FASHION_MNIST, else the Debian package's /usr/share/datasets/fashion-mnist."""
+    return data_dir or os.environ.get(FASHION_ENV) or FASHION_DEFAULT_DIR
+
+
+def fashion_paths(data_dir: Optional[str] = None) -> Dict[str, str]:
+    """The four IDX files (gzip-compressed ``.gz``, as Debian ships them, or plain), or
+    :class:`DataMissing` naming the package that provides them."""
+    d = fashion_dir(data_dir)
+    found, missing = {}, []
+    for key, name in FASHION_FILES.items():
+        for candidate in (os.path.join(d, name + ".gz"), os.path.join(d, name)):
+            if os.path.isfile(candidate):
+                found[key] = candidate
+                break
+        else:
+            missing.append(name + "[.gz]")
+    if missing:
+        raise DataMissing(
+            f"Fashion-MNIST not found: {', '.join(missing)} missing in {d}. Install the Debian package "
+            f"dataset-fashion-mnist (`sudo apt-get install dataset-fashion-mnist`; it puts the IDX files in "
+            f"{FASHION_DEFAULT_DIR}), or point --data (or ${FASHION_ENV}) at a directory that holds them."
+        )
+    return found
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read one IDX file (LeCun's MNIST format; gzip-compressed when the name ends in .gz):
+    big-endian magic ``0x0000 <type> <ndim>``, ``ndim`` big-endian uint32 sizes, then the
+    data. Only unsigned bytes (type 0x08) are accepted, which is what (Fashion-)MNIST uses."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise ValueError(f"{path}: not an IDX file (only {len(data)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim < 1:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    header = 4 + 4 * ndim
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    count = int(np.prod(dims))
+    if len(data) - header != count:
+        raise ValueError(f"{path}: header says {dims} ({count} bytes) but {len(data) - header} bytes follow")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def load_fashion_arrays(data_dir: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_images, train_labels, test_images, test_labels)`` as uint8 arrays, checked."""
+    p = fashion_paths(data_dir)
+    xtr, ytr = read_idx(p["train_images"]), read_idx(p["train_labels"])
+    xte, yte = read_idx(p["test_images"]), read_idx(p["test_labels"])
+    for name, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y) or y.max() > 9:
+            raise ValueError(f"Fashion-MNIST {name} files in {fashion_dir(data_dir)} have unexpected shapes "
+                             f"{x.shape} / {y.shape}")
+    return xtr, ytr, xte, yte
+
+
+def fashion_train_size() -> int:
+    return int(os.environ.get(FASHION_TRAIN_ENV, FASHION_TRAIN))
+
+
+def fashion_split(n_images: int = 60000, n_train: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices into the official training set: ``(training subset, validation split)``,
+    disjoint, from one fixed shuffle; the validation split is the same at any ``n_train``."""
+    n_train = fashion_train_size() if n_train is None else n_train
+    perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(0)).numpy()
+    if FASHION_VAL + n_train > n_images:
+        raise ValueError(f"{n_train} training + {FASHION_VAL} validation images > the {n_images} available")
+    return perm[FASHION_VAL : FASHION_VAL + n_train], perm[:FASHION_VAL]
+
+
+def _fashion():
+    xtr, ytr, xte, yte = load_fashion_arrays()
+    tr, va = fashion_split(len(xtr))
+
+    def tensor(x):
+        return torch.tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
+
+    x_tr = tensor(xtr[tr])
+    mean, std = float(x_tr.mean()), float(x_tr.std())  # of the training subset only
+    norm = lambda x: (x - mean) / std  # noqa: E731
+    lab = lambda y: torch.tensor(y.astype(np.int64))  # noqa: E731
+    return norm(x_tr), lab(ytr[tr]), norm(tensor(xtr[va])), lab(ytr[va]), norm(tensor(xte)), lab(yte)
 
 
 def _shapes():
@@ -227,9 +363,60 @@ class ShapesCNN(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
+class _BasicBlock(torch.nn.Module):
+    """Two 3x3 convolutions with GroupNorm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, groups: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = torch.nn.GroupNorm(groups, cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = torch.nn.GroupNorm(groups, cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                torch.nn.GroupNorm(groups, cout))
+
+    def forward(self, x):
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class FashionResNet(torch.nn.Module):
+    """He et al.'s CIFAR ResNet-(6n+2) (the paper's ResNet-20 at n = 3; the study uses n = 2,
+    ResNet-14): a 3x3 stem, three stages of n basic blocks at widths w, 2w, 4w (stride 2
+    between stages), global average pooling, a linear layer. Narrowed and adapted to
+    1x28x28 on one CPU core: w = 8 (the paper's 16 halved), a stride-2 stem
+    (28 -> 14 -> 7 -> 4), and GroupNorm (4 groups)
+    instead of BatchNorm, because BatchNorm's running statistics are buffers each worker
+    would keep to itself (the parameter server serves parameters), while GroupNorm has
+    none, so the simulator and the real system train exactly the same model."""
+
+    def __init__(self, blocks_per_stage: int = 3, width: int = 8, groups: int = 4):
+        super().__init__()
+        w = [width, 2 * width, 4 * width]
+        self.stem = torch.nn.Conv2d(1, w[0], 3, 2, 1, bias=False)
+        self.stem_norm = torch.nn.GroupNorm(groups, w[0])
+        layers, cin = [], w[0]
+        for stage, cout in enumerate(w):
+            for b in range(blocks_per_stage):
+                layers.append(_BasicBlock(cin, cout, 2 if (b == 0 and stage > 0) else 1, groups))
+                cin = cout
+        self.layers = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Linear(cin, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem_norm(self.stem(x)))
+        x = self.layers(x)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 def make_model(task: str, seed: int) -> torch.nn.Module:
     """The task's model, initialised from ``seed`` alone (same init for every method)."""
     torch.manual_seed(seed)
+    if task == "fashion":
+        return FashionResNet(blocks_per_stage=FASHION_BLOCKS)
     return DigitsCNN() if task == "digits" else ShapesCNN()
 
 

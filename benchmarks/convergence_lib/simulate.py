@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +39,13 @@ from . import common
 
 
 def make_server_state(optimizer: torch.optim.Optimizer, num_workers: int, variant: str, dc_lambda: float,
-                      dc_momentum: float = common.DC_MOMENTUM) -> ServerState:
+                      dc_momentum: float = common.DC_MOMENTUM, staleness_policy: str = "none") -> ServerState:
     """A ServerState built as the server builds it from a worker's registration
     (same ModelSpec fields as ``DistributedDCOptimizer``), initial weights = the
     optimizer's parameters."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    spec = ModelSpec.from_optimizer(optimizer, num_workers, dc=DCOptions.create(variant, dc_lambda, dc_momentum))
+    dc = DCOptions.create(variant, dc_lambda, dc_momentum, staleness_policy=staleness_policy)
+    spec = ModelSpec.from_optimizer(optimizer, num_workers, dc=dc)
     layout = spec.layout()
     initial = torch.zeros(layout.nbytes, dtype=torch.uint8)
     for view, p in zip(layout.param_views(initial), params):
@@ -54,10 +55,14 @@ def make_server_state(optimizer: torch.optim.Optimizer, num_workers: int, varian
 
 
 def simulate(task: str, method: str, m: int, seed: int, lr: float, epochs: int, pattern: str = "round_robin",
-             split: str = "test") -> Dict:
+             split: str = "test", momentum: float = 0.0, dc_lambda: Optional[float] = None,
+             eval_epochs: Optional[Sequence[int]] = None) -> Dict:
     """Train one run; return per-epoch curves and the server's staleness summary.
 
-    ``split``: the held-out set evaluated after every epoch ("val" while tuning, "test").
+    ``split``: the held-out set evaluated ("val" while tuning, "test"). ``momentum``: the
+    server's SGD momentum (0: the paper's reported setting). ``dc_lambda``: lambda0 instead
+    of the paper's value for the method's variant. ``eval_epochs``: the (1-based) epochs
+    after which to evaluate (default: every epoch; the last is always evaluated).
     """
     torch.set_num_threads(1)
     cfg = common.TASKS[task]
@@ -65,14 +70,17 @@ def simulate(task: str, method: str, m: int, seed: int, lr: float, epochs: int, 
     x_ev, y_ev = (x_va, y_va) if split == "val" else (x_te, y_te)
     model = common.make_model(task, seed)
     params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr)  # the paper's numbers are without momentum
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)  # the paper's numbers are without momentum
     if method == "ssgd":
         workers, variant = 1, "none"
     elif method == "sgd":
         workers, variant = 1, "none"
     else:
         workers, variant = m, common.VARIANT[method]
-    state = make_server_state(opt, workers, variant, common.DC_LAMBDA[variant])
+    lam = common.DC_LAMBDA[variant] if dc_lambda is None or variant == "none" else dc_lambda
+    policy = "none" if method in ("sgd", "ssgd") else common.policy_of(method)
+    state = make_server_state(opt, workers, variant, lam, staleness_policy=policy)
+    evaluate_after = set(range(1, epochs + 1)) if eval_epochs is None else set(eval_epochs) | {epochs}
     layout = state.layout
     server_params = layout.param_views(state.weights)
     wire = torch.zeros(layout.wire_nbytes, dtype=torch.uint8)
@@ -93,7 +101,7 @@ def simulate(task: str, method: str, m: int, seed: int, lr: float, epochs: int, 
         return float(loss.detach())
 
     curve = {"epoch": [], "err": [], "loss": [], "train_loss": [], "seconds": []}
-    start = time.perf_counter()
+    start, eval_seconds = time.perf_counter(), 0.0
     n = len(x_tr)
     for epoch in range(epochs):
         opt.param_groups[0]["lr"] = common.lr_at(lr, epoch, epochs)
@@ -120,6 +128,9 @@ def simulate(task: str, method: str, m: int, seed: int, lr: float, epochs: int, 
                     wp.copy_(p.grad)
                 state.apply_push(w, wire_segments, hyper)
                 state.pull(w)
+        if epoch + 1 not in evaluate_after:
+            continue
+        eval_start = time.perf_counter()
         with torch.no_grad():
             for p, w in zip(params, server_params):
                 p.copy_(w)
@@ -128,5 +139,6 @@ def simulate(task: str, method: str, m: int, seed: int, lr: float, epochs: int, 
         curve["err"].append(err)
         curve["loss"].append(loss)
         curve["train_loss"].append(total / max(count, 1))
-        curve["seconds"].append(time.perf_counter() - start)
+        curve["seconds"].append(eval_start - start - eval_seconds)  # training time only
+        eval_seconds += time.perf_counter() - eval_start
     return {"curve": curve, "server": state.summary()}

@@ -24,6 +24,9 @@ p.add_argument("--edit", choices=["none", "inplace", "data_after_synchronize"], 
                     "optimizer.synchronize()")
 p.add_argument("--passes", type=int, default=1, help="backward_passes_per_step (the loss is split over them)")
 p.add_argument("--extra", type=int, default=0, help="one more float32 parameter of this many elements (to be chunked)")
+p.add_argument("--policy", default="none", help="staleness_policy; the scalar ones are checked against their formula "
+               "with each push's staleness as the server reported it (float64 parameters, tolerance 1e-9)")
+p.add_argument("--slow-worker", action="store_true", help="worker 0 sleeps 30 ms per step (its pushes get stale)")
 args = p.parse_args()
 
 hvd.init()
@@ -48,7 +51,23 @@ sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle) if args.lr_schedule == "be
 dc_lambda = 0.0 if args.variant != "none" else None
 compression = hvd.Compression.fp16 if args.compression == "fp16" else hvd.Compression.none
 opt = hvd.DistributedDCOptimizer(opt, named_parameters=named, dc_variant=args.variant, dc_lambda=dc_lambda,
-                                 compression=compression, backward_passes_per_step=args.passes)
+                                 compression=compression, backward_passes_per_step=args.passes,
+                                 staleness_policy=args.policy)
+
+
+def policy_factor(tau):
+    """The policies' rules, written here from their formulas (hvd_dc/staleness.py's docstring)."""
+    if args.policy == "staleness_lr":
+        return 1.0 / max(1, tau)
+    if args.policy == "delay_adaptive":
+        return 1.0 if tau <= n else 1.0 / tau  # tau_C = M, the number of workers
+    assert args.policy == "none", "conservation checks the scalar policies only"
+    return 1.0
+
+
+def staleness_sum():
+    st = opt.stats()
+    return round(st["staleness_mean"] * max(st["pushes"] - st["rejected_pushes"], 1))
 if args.lr_schedule == "after":
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle)
 w0 = {k: t.detach().clone() for k, t in named}  # the server's w0 (worker 0's), pulled at registration
@@ -58,6 +77,7 @@ steps = args.steps + 3 * me  # workers finish at different times
 applied = {k: torch.zeros(t.shape, dtype=torch.float64) for k, t in named}
 scale = 1.0 if args.edit == "none" else 0.5
 rejected_expected = 0
+taus = []
 for s in range(steps):
     opt.zero_grad()
     lr = opt.param_groups[0]["lr"]
@@ -82,15 +102,20 @@ for s in range(steps):
         opt.synchronize()
         for _, t in named:
             t.grad.data.mul_(0.5)
+    before = staleness_sum()
     opt.step()
     if poison:
         rejected_expected += 1
     else:
+        tau = staleness_sum() - before  # this push's staleness, as the server measured it
+        taus.append(tau)
         for k in coefs:
-            applied[k] += lr * scale * coefs[k].double()
+            applied[k] += lr * scale * policy_factor(tau) * coefs[k].double()
     if sched is not None:
         sched.step()
-    if rng.random() < 0.3:
+    if args.slow_worker and me == 0:
+        time.sleep(0.03)
+    elif rng.random() < 0.3:
         time.sleep(rng.random() * 0.01)
 
 stats = opt.stats()
@@ -103,7 +128,10 @@ for k, t in named:
     expected = w0[k].double().cpu() - total
     got = t.detach().double().cpu()
     detail[k] = float((got - expected).abs().max())
-    ok = ok and torch.equal(got, expected)
+    if args.policy == "none":
+        ok = ok and torch.equal(got, expected)
+    else:  # factors such as 1/3 are not exact in binary: the server's and this sum round differently
+        ok = ok and detail[k] <= 1e-9
 total_pushes = int(hvd.allreduce(torch.tensor(steps), op=hvd.Sum))
 total_rejected = int(hvd.allreduce(torch.tensor(rejected_expected), op=hvd.Sum))
 final = opt.stats()
@@ -111,5 +139,5 @@ write_result(args.out, me, conserved=ok, max_diff=detail, steps=steps, stats=sta
              server_updates=final["server_updates"], expected_updates=total_pushes - total_rejected,
              rejected=stats["rejected_pushes"], rejected_expected=rejected_expected,
              finite=all(bool(torch.isfinite(t).all()) for _, t in named), size=n,
-             is_sgd=isinstance(opt, torch.optim.SGD), device=str(t.device))
+             is_sgd=isinstance(opt, torch.optim.SGD), device=str(t.device), staleness=taus)
 hvd.shutdown()

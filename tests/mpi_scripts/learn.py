@@ -10,6 +10,7 @@ p = parser()
 p.add_argument("--variant", default="adaptive")
 p.add_argument("--optimizer", default="sgd")
 p.add_argument("--epochs", type=int, default=6)
+p.add_argument("--policy", default="none", help="staleness_policy")
 args = p.parse_args()
 
 hvd.init()
@@ -26,7 +27,8 @@ if args.optimizer == "adam":
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
 else:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), dc_variant=args.variant)
+opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), dc_variant=args.variant,
+                                 staleness_policy=args.policy)
 
 
 def test_loss_acc():
