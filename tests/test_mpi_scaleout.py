@@ -99,9 +99,14 @@ def test_two_servers_chunks_and_threads_follow_the_single_server_trajectory_bit_
 @pytest.mark.skipif(not _mpich(), reason="the network path is MPICH's (MPIR_CVAR_NOLOCAL with libfabric tcp)")
 def test_conservation_over_the_network_path(tmp_path):
     env = {**CHUNKED, **NETWORK_PATH, "HVD_DC_SERVERS": "2"}
-    res = run_mpi(5, "conservation.py", "--extra", "3000", "--variant", "adaptive", "--steps", "8",
+    res = run_mpi(5, "conservation.py", "--extra", "3000", "--variant", "adaptive", "--steps", "8", "--list-shm",
                   out_dir=tmp_path, env=env, timeout=240).check()
-    conserved_results(res, 3)
+    results = conserved_results(res, 3)
+    # no window in shared memory: no /dev/shm file mapped by two workers (on the shared-memory
+    # path they all map the windows' mpich_shar_tmp* segments); each keeps only its own
+    mapped = [set(r["shm_files"]) for r in results.values()]
+    assert not any("mpich_shar_tmp" in f for files in mapped for f in files), mapped
+    assert all(not (a & b) for i, a in enumerate(mapped) for b in mapped[i + 1:]), mapped
 
 
 def test_ranks_that_disagree_on_the_servers_fail_alike(tmp_path):

@@ -2,6 +2,7 @@
 the sum of every gradient pushed (times the lr each push carried): nothing lost, nothing
 applied twice. Workers run different numbers of steps and finish at different times."""
 
+import os
 import random
 import time
 
@@ -26,6 +27,8 @@ p.add_argument("--passes", type=int, default=1, help="backward_passes_per_step (
 p.add_argument("--extra", type=int, default=0, help="one more float32 parameter of this many elements (to be chunked)")
 p.add_argument("--policy", default="none", help="staleness_policy; the scalar ones are checked against their formula "
                "with each push's staleness as the server reported it (float64 parameters, tolerance 1e-9)")
+p.add_argument("--list-shm", action="store_true", help="record the /dev/shm files this rank has mapped after the first "
+               "step (the network-path test checks that no window lives there)")
 p.add_argument("--slow-worker", action="store_true", help="worker 0 sleeps 30 ms per step (its pushes get stale)")
 args = p.parse_args()
 
@@ -78,7 +81,11 @@ applied = {k: torch.zeros(t.shape, dtype=torch.float64) for k, t in named}
 scale = 1.0 if args.edit == "none" else 0.5
 rejected_expected = 0
 taus = []
+shm_files = None
 for s in range(steps):
+    if s == 1 and args.list_shm:  # every window exists by now (allocated at init, used by step 0)
+        with open("/proc/self/maps") as maps:  # the shared-memory files this rank has mapped
+            shm_files = sorted({line.split(None, 5)[5].strip() for line in maps if "/dev/shm/" in line})
     opt.zero_grad()
     lr = opt.param_groups[0]["lr"]
     poison = args.nan_every and me == 0 and s % args.nan_every == 1
@@ -135,7 +142,7 @@ for k, t in named:
 total_pushes = int(hvd.allreduce(torch.tensor(steps), op=hvd.Sum))
 total_rejected = int(hvd.allreduce(torch.tensor(rejected_expected), op=hvd.Sum))
 final = opt.stats()
-write_result(args.out, me, conserved=ok, max_diff=detail, steps=steps, stats=stats,
+write_result(args.out, me, shm_files=shm_files, conserved=ok, max_diff=detail, steps=steps, stats=stats,
              server_updates=final["server_updates"], expected_updates=total_pushes - total_rejected,
              rejected=stats["rejected_pushes"], rejected_expected=rejected_expected,
              finite=all(bool(torch.isfinite(t).all()) for _, t in named), size=n,
