@@ -360,7 +360,8 @@ def plots(groups, runs, mpi_rows, lam, rows, meta, out_dir) -> List[str]:
                 ax.grid(alpha=0.3, which="both")
                 ax.tick_params(labelsize=7)
             axes[0][0].set_ylabel("test error % (log)", fontsize=8)
-            axes[0][-1].legend(fontsize=6)
+            for ax in axes[0]:  # each M has its own "best other policy"
+                ax.legend(fontsize=6)
             fig.suptitle("Fashion-MNIST, real system under mpiexec (seed 0)", fontsize=9)
             fig.tight_layout()
             name = f"fashion_mpi_{xaxis}.png"
