@@ -16,7 +16,7 @@ from hvd_dc.staleness import (
     staleness_lr_scale,
     validate_staleness_policy,
 )
-from reference import Algorithm2, delay_adaptive_factor, gap_damped, gap_track, staleness_lr_factor
+from reference import Algorithm2, delay_adaptive_factor, gap_damped, staleness_lr_factor
 from server_fixtures import flat_weights, make_spec, make_state, push
 
 N = 37

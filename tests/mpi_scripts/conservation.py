@@ -2,7 +2,6 @@
 the sum of every gradient pushed (times the lr each push carried): nothing lost, nothing
 applied twice. Workers run different numbers of steps and finish at different times."""
 
-import os
 import random
 import time
 
