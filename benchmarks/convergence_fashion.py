@@ -27,7 +27,7 @@ Parts (``--parts``, comma list; the default runs the simulator parts, then ``mpi
   no momentum, M = 4, 8, 16, 32: SGD (M = 1), SSGD, ASGD, DC-ASGD-c, DC-ASGD-a, and the
   staleness policies ASGD+lr/tau, ASGD+Gap-Aware, DC-ASGD-a+Gap-Aware. (The delay-adaptive
   policy cannot act under round-robin order: every push has tau = M-1 <= tau_C = M.)
-* ``random``: a random worker order (the next pusher drawn uniformly), M = 8 and 32:
+* ``random``: a random worker order (the next pusher drawn uniformly), M = 4, 8, 16, 32:
   ASGD, DC-ASGD-a, ASGD+delay-adaptive, ASGD+Gap-Aware, DC-ASGD-a+delay-adaptive.
 * ``momentum``: round-robin, server SGD with momentum 0.9, M = 8: SGD, ASGD,
   DC-ASGD-a, DC-ASGD-a+Gap-Aware.
@@ -79,7 +79,7 @@ QUICK_TRAIN = 4000
 
 MAIN_M = (4, 8, 16, 32)
 MAIN_METHODS = ("ssgd", "asgd", "dc-c", "dc-a", "sa", "ga", "dc-a+ga")
-RANDOM_M = (8, 32)
+RANDOM_M = (4, 8, 16, 32)
 RANDOM_METHODS = ("asgd", "dc-a", "da", "ga", "dc-a+da")
 MOMENTUM_M = (8,)
 MOMENTUM_METHODS = ("asgd", "dc-a", "dc-a+ga")
