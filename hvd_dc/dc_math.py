@@ -47,8 +47,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .staleness import validate_staleness_policy
-
 __all__ = [
     "DCVariant",
     "DCOptions",
@@ -59,6 +57,9 @@ __all__ = [
     "compensate_reference",
     "DelayCompensator",
     "exact_sqrt_",
+    "STALENESS_POLICIES",
+    "validate_staleness_policy",
+    "compute_dtype",
 ]
 
 
@@ -94,6 +95,19 @@ PAPER_LAMBDA = {"constant": 0.04, "adaptive": 2.0, "none": 0.0}
 def default_lambda(variant: Union[str, DCVariant]) -> float:
     """The paper's lambda0 for ``variant`` (0.04 constant, 2.0 adaptive, 0 for none)."""
     return PAPER_LAMBDA[DCVariant.parse(variant).label]
+
+
+#: Accepted values of ``staleness_policy`` (the rules: :mod:`hvd_dc.staleness`).
+STALENESS_POLICIES = ("none", "staleness_lr", "delay_adaptive", "gap_aware")
+
+
+def validate_staleness_policy(policy: Any) -> str:
+    """Return ``policy`` if it is one of :data:`STALENESS_POLICIES`, else raise ``ValueError``."""
+    if policy not in STALENESS_POLICIES:
+        raise ValueError(
+            f"staleness_policy must be one of {', '.join(repr(p) for p in STALENESS_POLICIES)}; got {policy!r}"
+        )
+    return policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +236,7 @@ class DelayCompensator:
         self.eps = options.eps
         self.mean_square_mode = options.mean_square
         self.num_workers = int(num_workers)
-        self._compute_dtypes = [_compute_dtype(dt) for dt in dtypes]
+        self._compute_dtypes = [compute_dtype(dt) for dt in dtypes]
         self._sizes = list(segment_sizes)
         self._device = device
         # two segment-sized work buffers each, made on a segment's first compensate(): the
@@ -304,7 +318,9 @@ def exact_sqrt_(t: torch.Tensor) -> torch.Tensor:
     return t.sqrt_()
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the server computes a segment in: float32 for 16-bit floats (so g*g neither
+    underflows nor overflows), the segment's own otherwise."""
     if dtype in (torch.float16, torch.bfloat16):
         return torch.float32
     if not dtype.is_floating_point:

@@ -73,6 +73,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .dc_math import STALENESS_POLICIES as POLICIES, compute_dtype, validate_staleness_policy
+
 __all__ = [
     "POLICIES",
     "GAP_MOMENTUM",
@@ -83,20 +85,8 @@ __all__ = [
     "StalenessPolicy",
 ]
 
-#: Accepted values of ``staleness_policy``.
-POLICIES = ("none", "staleness_lr", "delay_adaptive", "gap_aware")
-
 #: Gap-Aware: factor of the moving average of update magnitudes ``C``.
 GAP_MOMENTUM = 0.99
-
-
-def validate_staleness_policy(policy: Any) -> str:
-    """Return ``policy`` if it is one of :data:`POLICIES`, else raise ``ValueError``."""
-    if policy not in POLICIES:
-        raise ValueError(
-            f"staleness_policy must be one of {', '.join(repr(p) for p in POLICIES)}; got {policy!r}"
-        )
-    return policy
 
 
 def staleness_lr_scale(staleness: int) -> float:
@@ -148,7 +138,7 @@ class StalenessPolicy:
         self.active = name != "none"
         self.tracks_steps = name == "gap_aware"
         self.updates = 0  # optimizer steps seen (Gap-Aware's bias correction)
-        self._compute = [torch.float32 if dt in (torch.float16, torch.bfloat16) else dt for dt in dtypes]
+        self._compute = [compute_dtype(dt) for dt in dtypes]
         self.c_avg: List[torch.Tensor] = []
         self._prev: List[torch.Tensor] = []
         self._ratio: List[torch.Tensor] = []
