@@ -9,7 +9,7 @@ import os
 from typing import Dict, List, Optional
 
 from . import common
-from .report import mean_std
+from .report import _fmt, mean_std
 
 #: the order methods appear in tables and legends
 ORDER = ("sgd", "ssgd", "asgd", "dc-c", "dc-a", "sa", "da", "ga", "dc-a+da", "dc-a+ga")
@@ -30,10 +30,6 @@ PAPER_TARGETS = (
     "DC-ASGD-a better than ASGD by more than one standard deviation at M = 8 and 16",
     "DC-ASGD-a still training at M = 32: error < 2 x sequential SGD's",
 )
-
-
-def _f(ms: Dict, digits: int = 2) -> str:
-    return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
 
 
 def _cfg_key(r: Dict) -> tuple:
@@ -106,7 +102,7 @@ def targets(rows: List[Dict]) -> List[Dict]:
         if dc:
             gap = dc["test_error"]["mean"] - s
             out.append({"target": PAPER_TARGETS[0], "workers": m, "value": gap, "met": gap <= 0.5,
-                        "detail": f"DC-ASGD-a {_f(dc['test_error'])} vs SGD {_f(sgd['test_error'])}: "
+                        "detail": f"DC-ASGD-a {_fmt(dc['test_error'])} vs SGD {_fmt(sgd['test_error'])}: "
                                   f"{gap:+.2f} pp (target <= +0.50)"})
     for m in (8, 16):
         dc, asgd = _row(rows, "main", "dc-a", m), _row(rows, "main", "asgd", m)
@@ -114,13 +110,13 @@ def targets(rows: List[Dict]) -> List[Dict]:
             gain = asgd["test_error"]["mean"] - dc["test_error"]["mean"]
             sd = max(asgd["test_error"]["std"], dc["test_error"]["std"])
             out.append({"target": PAPER_TARGETS[1], "workers": m, "value": gain, "std": sd, "met": gain > sd,
-                        "detail": f"ASGD {_f(asgd['test_error'])} - DC-ASGD-a {_f(dc['test_error'])} = {gain:+.2f} pp; "
+                        "detail": f"ASGD {_fmt(asgd['test_error'])} - DC-ASGD-a {_fmt(dc['test_error'])} = {gain:+.2f} pp; "
                                   f"larger of the two std {sd:.2f}"})
     dc = _row(rows, "main", "dc-a", 32)
     if dc:
         ratio = dc["test_error"]["mean"] / s
         out.append({"target": PAPER_TARGETS[2], "workers": 32, "value": ratio, "met": ratio < 2.0,
-                    "detail": f"DC-ASGD-a {_f(dc['test_error'])} = {ratio:.2f} x SGD's {s:.2f}"})
+                    "detail": f"DC-ASGD-a {_fmt(dc['test_error'])} = {ratio:.2f} x SGD's {s:.2f}"})
     return out
 
 
@@ -202,7 +198,7 @@ def markdown(rows, pairs, verdicts, recs, lam, mpi_rows, meta) -> str:
             for l, r in sorted(entries, key=lambda e: e[0]):
                 v = (lam or {}).get("val_error", {}).get(str(l))
                 out.append(f"| {l:g}{' (paper)' if l == 2.0 else ''} | {r['lr']:g} | "
-                           f"{'' if v is None else f'{v:.2f}'} | {_f(r['test_error'])} |")
+                           f"{'' if v is None else f'{v:.2f}'} | {_fmt(r['test_error'])} |")
             if lam and lam.get("chosen") is not None:
                 out.append("")
                 out.append(f"lambda0 chosen by validation error: **{lam['chosen']:g}**.")
@@ -213,7 +209,7 @@ def markdown(rows, pairs, verdicts, recs, lam, mpi_rows, meta) -> str:
         sgd = _row(rows, block, "sgd", 1) or (_row(rows, "main", "sgd", 1) if block == "random" else None)
         if sgd:
             out.append(f"Sequential SGD (M = 1){' (from main)' if block == 'random' else ''}: "
-                       f"**{_f(sgd['test_error'])}** (lr {sgd['lr']:g}).")
+                       f"**{_fmt(sgd['test_error'])}** (lr {sgd['lr']:g}).")
             out.append("")
         out.append("| M | " + " | ".join(common.LABELS[m] for m in present) + " |")
         out.append("|---|" + "---|" * len(present))
@@ -225,7 +221,7 @@ def markdown(rows, pairs, verdicts, recs, lam, mpi_rows, meta) -> str:
                 if not r:
                     cells.append("")
                     continue
-                cell = _f(r["test_error"])
+                cell = _fmt(r["test_error"])
                 cells.append(f"**{cell}**" if best is not None and r["test_error"]["mean"] == best else cell)
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
@@ -236,9 +232,9 @@ def markdown(rows, pairs, verdicts, recs, lam, mpi_rows, meta) -> str:
         out.append("| method | M | lr | test error % | per seed | test loss | train loss (last epoch) | mean staleness | cpu s per run |")
         out.append("|---|---|---|---|---|---|---|---|---|")
         for r in sel:
-            out.append(f"| {r['label']} | {r['workers']} | {r['lr']:g} | {_f(r['test_error'])} | "
-                       f"{' / '.join(f'{e:.2f}' for e in r['per_seed'])} | {_f(r['test_loss'], 3)} | "
-                       f"{_f(r['train_loss'], 3)} | {r['staleness_mean']:.2f} | {_f(r['cpu_s'], 0)} |")
+            out.append(f"| {r['label']} | {r['workers']} | {r['lr']:g} | {_fmt(r['test_error'])} | "
+                       f"{' / '.join(f'{e:.2f}' for e in r['per_seed'])} | {_fmt(r['test_loss'], 3)} | "
+                       f"{_fmt(r['train_loss'], 3)} | {r['staleness_mean']:.2f} | {_fmt(r['cpu_s'], 0)} |")
         out.append("")
         out.append("</details>")
         out.append("")
@@ -251,7 +247,7 @@ def markdown(rows, pairs, verdicts, recs, lam, mpi_rows, meta) -> str:
         out.append("|---|---|---|---|---|---|")
         for p in pairs:
             out.append(f"| {p['block']} | {p['workers']} | {common.LABELS[p['a']]} - {common.LABELS[p['b']]} | "
-                       f"{' / '.join(f'{d:+.2f}' for d in p['diffs'])} | {_f(p['diff'])} | {p['a_better']} of {p['n']} |")
+                       f"{' / '.join(f'{d:+.2f}' for d in p['diffs'])} | {_fmt(p['diff'])} | {p['a_better']} of {p['n']} |")
         out.append("")
     if verdicts:
         out.append("## The paper's targets")
@@ -267,7 +263,7 @@ def markdown(rows, pairs, verdicts, recs, lam, mpi_rows, meta) -> str:
         out.append("| block | M | lowest mean | within one std of it |")
         out.append("|---|---|---|---|")
         for r in recs:
-            out.append(f"| {r['block']} | {r['workers']} | {common.LABELS[r['best']]} ({_f(r['best_error'])}) | "
+            out.append(f"| {r['block']} | {r['workers']} | {common.LABELS[r['best']]} ({_fmt(r['best_error'])}) | "
                        f"{', '.join(common.LABELS[m] for m in r['within_noise']) or 'none'} |")
         out.append("")
     if mpi_rows:
