@@ -306,7 +306,11 @@ class _Courier:
         Errors of the thread (a timeout naming the server) are raised here."""
         self._done.clear()
         self._queue.put(self._FINISH)
-        self._done.wait()
+        # the thread's own waits on the servers are bounded and name the rank; this one only
+        # has to notice a thread that is gone, which would otherwise leave step() blocked
+        while not self._done.wait(1.0):
+            if not self._thread.is_alive():
+                raise RuntimeError("hvd_dc: the worker's courier thread has ended; the exchange cannot complete")
         error, self._error = self._error, None
         if error is not None:
             raise error
