@@ -29,6 +29,7 @@ This wrapper does what is easy to get wrong by hand, then ``exec``\\ s the launc
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -62,8 +63,10 @@ __all__ = [
 FORWARD_PREFIXES = ("HVD_DC_", "OMP_NUM_THREADS", "PYTHONPATH", "PYTHONUNBUFFERED", "MPIR_CVAR_", "OMPI_MCA_")
 
 
+@functools.lru_cache(maxsize=None)
 def detect_mpi(mpiexec: str) -> str:
-    """``"openmpi"``, ``"mpich"``, ``"intel"`` or ``"unknown"`` from ``mpiexec --version``."""
+    """``"openmpi"``, ``"mpich"``, ``"intel"`` or ``"unknown"`` from ``mpiexec --version``
+    (run once per launcher path: the tests and benchmarks ask before every launch)."""
     try:
         out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
