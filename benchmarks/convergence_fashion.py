@@ -64,6 +64,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from benchmarks import common as bench  # noqa: E402  (the benchmarks' launch helpers)
 from benchmarks.convergence_lib import common  # noqa: E402
 
 TASK = "fashion"
@@ -237,14 +238,6 @@ def tune_and_run(cache: Cache, cfgs: List[Dict], epochs: int, seeds, quick: bool
 # the real system
 
 
-def horovod_python() -> Optional[str]:
-    exe = os.environ.get("HVD_DC_HOROVOD_PYTHON", "/work/venv-hvd/bin/python")
-    if not os.path.exists(exe):
-        return None
-    r = subprocess.run([exe, "-c", "import horovod.torch"], capture_output=True, timeout=120)
-    return exe if r.returncode == 0 else None
-
-
 def mpi_run(cache: Cache, system: str, method: str, m: int, lr: float, epochs: int, seed: int, log,
             timeout: float = 900) -> Dict:
     """One real-system run: ``system`` is hvd_dc, ddp or horovod."""
@@ -265,11 +258,9 @@ def mpi_run(cache: Cache, system: str, method: str, m: int, lr: float, epochs: i
         if system == "hvd_dc":
             cmd = local_mpiexec() + ["-n", str(m + 1), sys.executable, script]
         elif system == "ddp":
-            cmd = local_mpiexec() + ["-n", str(m), sys.executable, script, "--port", str(_free_port())]
+            cmd = local_mpiexec() + ["-n", str(m), sys.executable, script, "--port", str(bench.free_port())]
         else:
-            hpy = horovod_python()
-            launcher = os.path.join(os.path.dirname(hpy), "mpiexec")
-            cmd = [launcher, "-n", str(m), hpy, script]
+            cmd = bench.horovod_launcher() + ["-n", str(m), bench.HOROVOD_PYTHON, script]
         cmd += args + ["--out", out]
         t0, c0 = time.perf_counter(), _children_cpu()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -285,14 +276,6 @@ def mpi_run(cache: Cache, system: str, method: str, m: int, lr: float, epochs: i
     log(f"  mpi {system:8s} {method:8s} M={m}: final err {c['err'][-1]:.2f}% after {c['seconds'][-1]:.1f} s "
         f"training ({run['launch_wall_s']:.0f} s with start-up, {run['cpu_s']:.0f} s cpu)")
     return run
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _children_cpu() -> float:
@@ -371,8 +354,8 @@ def lambda_part(cache: Cache, epochs: int, seeds, log) -> None:
 
 
 def mpi_part(cache: Cache, epochs: int, quick: bool, log) -> None:
-    hpy = horovod_python()
-    if hpy is None:
+    horovod = bench.horovod_available()
+    if not horovod:
         log("  horovod: not importable from $HVD_DC_HOROVOD_PYTHON: its runs are skipped")
     tuning = tuning_from_cache(cache, epochs)
     for m in ((2,) if quick else MPI_M):
@@ -387,7 +370,7 @@ def mpi_part(cache: Cache, epochs: int, quick: bool, log) -> None:
             best = min(others, key=lambda t: (min(t["val_error"]), MPI_POLICY_CANDIDATES.index(t["method"])))
             systems = [("hvd_dc", "asgd", tuned["asgd"]["lr"]), ("hvd_dc", "dc-a", tuned["dc-a"]["lr"]),
                        ("hvd_dc", best["method"], best["lr"]), ("ddp", "ssgd", tuned["ssgd"]["lr"])]
-            if hpy:
+            if horovod:
                 systems.append(("horovod", "ssgd", tuned["ssgd"]["lr"]))
         for system, method, lr in systems:
             mpi_run(cache, system, method, m, lr, epochs, 0, log)
