@@ -66,6 +66,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from benchmarks import common as bench  # noqa: E402  (the benchmarks' launch helpers)
 from benchmarks.convergence_lib import common  # noqa: E402
+from benchmarks.convergence_lib.runs import Cache, children_cpu  # noqa: E402
 
 TASK = "fashion"
 TUNE_SEED = 100
@@ -127,28 +128,6 @@ def plan(parts, quick: bool) -> Dict[str, List[Dict]]:
 def run_key(cfg: Dict, seed: int, lr: float, split: str, epochs: int) -> str:
     return json.dumps([cfg["method"], cfg["workers"], cfg["pattern"], cfg["momentum"], cfg["dc_lambda"], seed,
                        lr, split, epochs])
-
-
-class Cache:
-    """Runs already done, from ``runs.jsonl`` (one JSON object per line)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.runs: Dict[str, Dict] = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    line = line.strip()
-                    if line:
-                        r = json.loads(line)
-                        self.runs[r["key"]] = r
-
-    def add(self, run: Dict) -> None:
-        self.runs[run["key"]] = run
-        with open(self.path, "a") as f:
-            f.write(json.dumps(run) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def sim_run(cache: Cache, cfg: Dict, seed: int, lr: float, split: str, epochs: int, log) -> Dict:
@@ -262,7 +241,7 @@ def mpi_run(cache: Cache, system: str, method: str, m: int, lr: float, epochs: i
         else:
             cmd = bench.horovod_launcher() + ["-n", str(m), bench.HOROVOD_PYTHON, script]
         cmd += args + ["--out", out]
-        t0, c0 = time.perf_counter(), _children_cpu()
+        t0, c0 = time.perf_counter(), children_cpu()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if proc.returncode != 0 and not os.path.exists(out):
             raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -270,17 +249,12 @@ def mpi_run(cache: Cache, system: str, method: str, m: int, lr: float, epochs: i
             res = json.load(f)
     run = {"key": key, "mode": "mpi", "system": system, "method": method, "workers": m, "lr": lr, "epochs": epochs,
            "seed": seed, "slow_factor": MPI_SLOW_FACTOR, **res, "launch_wall_s": time.perf_counter() - t0,
-           "cpu_s": _children_cpu() - c0}
+           "cpu_s": children_cpu() - c0}
     cache.add(run)
     c = res["curve"]
     log(f"  mpi {system:8s} {method:8s} M={m}: final err {c['err'][-1]:.2f}% after {c['seconds'][-1]:.1f} s "
         f"training ({run['launch_wall_s']:.0f} s with start-up, {run['cpu_s']:.0f} s cpu)")
     return run
-
-
-def _children_cpu() -> float:
-    t = os.times()
-    return t.children_user + t.children_system
 
 
 def cost_part(out_dir: str, log, repeats: int = 2) -> None:
@@ -430,7 +404,7 @@ def main(argv=None) -> int:
         if "cost" in parts:
             cost_part(args.out, log)
         log(f"   this invocation: {time.time() - start:.0f} s wall, "
-            f"{time.process_time() - cpu0 + _children_cpu():.0f} s cpu")
+            f"{time.process_time() - cpu0 + children_cpu():.0f} s cpu")
 
     from benchmarks.convergence_lib import report_fashion
 
