@@ -4,7 +4,8 @@ Each server rank writes its own file (:func:`server_path`) with everything its c
 states (:class:`~hvd_dc.server_state.ShardState`) need to continue the same trajectory,
 per chunk: the master weights, every worker's backup ``w_bak(m)``, the MeanSquare
 buffers, the wrapped optimizer's ``state_dict()`` (momentum buffers, Adam moments, the
-current lr), the update/push counters and the staleness record; and, for the file, the
+current lr), DANA's per-worker momentum (``async_momentum="dana"``), the update/push
+counters and the staleness record; and, for the file, the
 server's counts, a description of the model and of its chunking, checked on load. A
 server writes only when every worker's pushes have reached all of its chunks alike, so a
 file never holds half a push.
@@ -79,6 +80,7 @@ def _describe(spec) -> Dict[str, Any]:
         "dc_variant": spec.dc.variant.label,
         "dc_mean_square": spec.dc.mean_square,
         "staleness_policy": spec.dc.staleness_policy,
+        "async_momentum": spec.dc.async_momentum,
     }
 
 
@@ -101,6 +103,7 @@ def _record(state) -> Dict[str, Any]:
         "mean_square": {str(k): [_host_copy(t) for t in v] for k, v in comp.mean_square.items()},
         "staleness_policy": state.policy.state_dict(),
         "optimizer": state.optimizer.state_dict(),
+        "dana": None if state.dana is None else state.dana.state_dict(),
         "updates": int(state.updates),
         "accepted": state.accepted.tolist(),
         "rejected": state.rejected.tolist(),
@@ -138,8 +141,9 @@ def restore(shard, ckpt: Dict[str, Any], path: str, plan: Optional[List[List[int
     model or its chunking differ."""
     mine = _describe(shard.spec)
     theirs = ckpt["model"]
-    for key in ("optimizer_class", "dc_variant", "dc_mean_square", "staleness_policy"):
-        saved = theirs.get(key, "none")  # written before staleness policies existed: it ran "none"
+    for key in ("optimizer_class", "dc_variant", "dc_mean_square", "staleness_policy", "async_momentum"):
+        # written before staleness policies / async momentum existed: it ran "none" / "shared"
+        saved = theirs.get(key, "shared" if key == "async_momentum" else "none")
         if mine[key] != saved:
             raise CheckpointMismatch(f"checkpoint {path} has {key}={saved!r} but this job uses {mine[key]!r}")
     if mine["params"] != theirs["params"]:
@@ -178,6 +182,8 @@ def _restore_state(state, ckpt: Dict[str, Any], num_workers: int, path: str) -> 
     state.updates = int(ckpt["updates"])
     if "staleness_policy" in ckpt:  # model-wide state: restored whatever the number of workers
         state.policy.load_state_dict(ckpt["staleness_policy"])
+    if state.dana is not None:
+        state.dana.load_state_dict(ckpt["dana"], same_workers=num_workers == state.num_workers)
     comp = state.compensator
     if num_workers == state.num_workers:
         for b, saved in zip(state.backups, ckpt["backups"]):
@@ -191,8 +197,8 @@ def _restore_state(state, ckpt: Dict[str, Any], num_workers: int, path: str) -> 
             state.staleness.load_lists(ckpt["staleness"])
         state.refresh_replies()
         return None
-    for b in state.backups:
-        b.copy_(state.weights)
+    for m in range(state.num_workers):
+        state.update.write_pull(m)
     state.refresh_replies()
     state.updates_at_pull[:] = state.updates
     if comp.mean_square_mode == "global" and "0" in ckpt["mean_square"]:

@@ -59,6 +59,7 @@ __all__ = [
     "exact_sqrt_",
     "STALENESS_POLICIES",
     "validate_staleness_policy",
+    "ASYNC_MOMENTUM",
     "compute_dtype",
 ]
 
@@ -110,6 +111,10 @@ def validate_staleness_policy(policy: Any) -> str:
     return policy
 
 
+#: Accepted values of ``async_momentum`` (the rules: :mod:`hvd_dc.async_momentum`).
+ASYNC_MOMENTUM = ("shared", "dana", "reduced")
+
+
 @dataclasses.dataclass(frozen=True)
 class DCOptions:
     """The delay-compensation options of one served model, checked once by :meth:`create`.
@@ -118,7 +123,10 @@ class DCOptions:
     epsilon; ``mean_square`` is ``"per_worker"`` (one MeanSquare per worker, as the
     authors' server kept) or ``"global"``. ``staleness_policy`` damps the compensated
     gradient by the push's staleness or gap (:mod:`hvd_dc.staleness`; ``"none"``: not at
-    all).
+    all). ``async_momentum`` is what the server does with the optimizer's momentum under
+    asynchrony (:mod:`hvd_dc.async_momentum`), ``lr_scale`` the factor the server applies
+    to every push's learning rate (``1/size()`` when a push is ``1/size()`` of a Horovod
+    step: :mod:`hvd_dc.optimizer_options`).
     """
 
     variant: DCVariant = DCVariant.ADAPTIVE
@@ -127,6 +135,8 @@ class DCOptions:
     eps: float = 1e-7
     mean_square: str = "per_worker"
     staleness_policy: str = "none"
+    async_momentum: str = "shared"
+    lr_scale: float = 1.0
 
     @classmethod
     def create(
@@ -137,6 +147,8 @@ class DCOptions:
         eps: float = 1e-7,
         mean_square: str = "per_worker",
         staleness_policy: str = "none",
+        async_momentum: str = "shared",
+        lr_scale: float = 1.0,
     ) -> "DCOptions":
         """Check the user's options (``ValueError`` naming the bad one); ``dc_lambda=None``
         selects the paper's value for the variant."""
@@ -155,7 +167,14 @@ class DCOptions:
             raise ValueError(f"dc_eps must be a finite number > 0; got {eps!r}")
         if mean_square not in ("per_worker", "global"):
             raise ValueError(f"dc_mean_square must be 'per_worker' or 'global'; got {mean_square!r}")
-        return cls(v, lam, float(momentum), float(eps), mean_square, validate_staleness_policy(staleness_policy))
+        if async_momentum not in ASYNC_MOMENTUM:
+            raise ValueError(f"async_momentum must be one of {', '.join(repr(a) for a in ASYNC_MOMENTUM)}; "
+                             f"got {async_momentum!r}")
+        if isinstance(lr_scale, bool) or not (isinstance(lr_scale, (int, float)) and math.isfinite(lr_scale)
+                                               and lr_scale > 0):
+            raise ValueError(f"lr_scale must be a finite number > 0; got {lr_scale!r}")
+        return cls(v, lam, float(momentum), float(eps), mean_square, validate_staleness_policy(staleness_policy),
+                   async_momentum, float(lr_scale))
 
     @property
     def adaptive(self) -> bool:
@@ -164,7 +183,8 @@ class DCOptions:
     def as_arguments(self) -> Dict[str, Any]:
         """The options under the names ``DistributedDCOptimizer`` takes them."""
         return {"dc_variant": self.variant.label, "dc_lambda": self.lambda0, "dc_momentum": self.momentum,
-                "dc_eps": self.eps, "dc_mean_square": self.mean_square, "staleness_policy": self.staleness_policy}
+                "dc_eps": self.eps, "dc_mean_square": self.mean_square, "staleness_policy": self.staleness_policy,
+                "async_momentum": self.async_momentum, "lr_scale": self.lr_scale}
 
 
 def validate_dc_options(

@@ -15,6 +15,14 @@ With a staleness policy (``spec.dc.staleness_policy``, :mod:`hvd_dc.staleness`) 
 compensated gradient is damped by the push's staleness or gap between the compensation and
 the optimizer step; the compensation may still be fused, the SGD step is then torch's.
 
+``spec.dc.async_momentum`` (:mod:`hvd_dc.async_momentum`) decides what happens to SGD's
+momentum: ``"shared"`` is the optimizer's own step; ``"reduced"`` lowers the momentum the
+workers send for the implicit momentum of M workers; ``"dana"`` replaces the optimizer's
+step by DANA's (one momentum per worker) and makes every reply, hence every ``w_bak(m)``,
+the look-ahead ``w - lr*mu*sum_j v_j`` instead of ``w``. ``spec.dc.lr_scale`` multiplies
+every learning rate the workers send (``1/size()``: a push is ``1/size()`` of a Horovod
+step).
+
 The optimizer runs on one flat tensor per (param group, dtype) segment when its class is
 known to be element-wise (SGD, Adam, ...), which is exact and keeps the server free of
 per-parameter loops; any other class runs on per-parameter views, also exact.
@@ -41,6 +49,7 @@ import numpy as np
 import torch
 
 from . import kernels
+from .async_momentum import DanaState, reduced_momentum, sgd_hyperparameters
 from .chunks import chunk_spec
 from .dc_math import DelayCompensator
 from .staleness import StalenessPolicy
@@ -105,6 +114,9 @@ class ServerState:
         self._hyper_slots = [
             (self._group_index.index(spec.hyper_slots[k][0]),) + tuple(spec.hyper_slots[k][1:]) for k in keep
         ]
+        #: what the server applies instead of the values the workers send (lr_scale, reduced momentum)
+        self._hyper_map = _HyperparameterMap(spec.dc, self.num_workers, self._hyper_slots)
+        self._hyper_map.apply_to_groups(self.optimizer.param_groups)
         self.compensator = DelayCompensator(
             spec.dc, self.num_workers, [s.numel for s in layout.segments], [s.dtype for s in layout.segments],
             device=dev,
@@ -118,6 +130,9 @@ class ServerState:
             torch.empty(s.numel, dtype=s.dtype, device=dev) if ws.dtype != s.dtype else None
             for s, ws in zip(layout.segments, layout.wire_segments)
         ]
+        #: DANA's per-worker momentum (async_momentum="dana"), else None
+        self.dana = (DanaState(self.num_workers, [s.numel for s in layout.segments], [s.dtype for s in layout.segments],
+                               device=dev) if spec.dc.async_momentum == "dana" else None)
         #: how a push is applied, chosen once (see _choose_update)
         self.update = _choose_update(self, opt_class, kernels)
         self.updates = 0
@@ -211,8 +226,9 @@ class ServerState:
         return True, staleness
 
     def pull(self, worker: int) -> None:
-        """``w_bak(worker) <- w``: the copy worker ``worker`` receives and computes on."""
-        self.backups[worker].copy_(self.weights)
+        """``w_bak(worker) <- w`` (with DANA: the look-ahead): the copy worker ``worker``
+        receives and computes on."""
+        self.update.write_pull(worker)
         self._send_backup(worker)
         self._note_pull(worker)
 
@@ -231,8 +247,8 @@ class ServerState:
         exactly these weights, so Algorithm 2 stays exact. The optimizer's state, the
         MeanSquare buffers and the counters are kept."""
         self.weights.copy_(weights[: self.layout.nbytes].to(self.device))
-        for b in self.backups:
-            b.copy_(self.weights)
+        for m in range(self.num_workers):
+            self.update.write_pull(m)
         self.refresh_replies()
 
     def _note_pull(self, worker: int) -> None:
@@ -241,7 +257,8 @@ class ServerState:
 
     def _set_hyperparameters(self, values: Sequence[float]) -> None:
         if self._hyper_slots:
-            write_hyperparameters(self.optimizer.param_groups, self._hyper_slots, [values[k] for k in self._hyper_keep])
+            write_hyperparameters(self.optimizer.param_groups, self._hyper_slots,
+                                  self._hyper_map([values[k] for k in self._hyper_keep]))
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -274,6 +291,12 @@ class ServerState:
 
 
 def _choose_update(state: ServerState, opt_class: type, choice: str) -> "_TorchUpdate":
+    if state.dana is not None:
+        if opt_class is not torch.optim.SGD or not state.flat_optimizer:
+            raise ValueError(f"async_momentum='dana' runs torch.optim.SGD's hyperparameters; the workers wrap "
+                             f"{'.'.join(state.spec.optimizer_class)}")
+        fused = kernels.available(choice) and state.device.type == "cpu"
+        return _DanaUpdate(state, _FusedCompensationUpdate(state) if fused else _TorchUpdate(state))
     if not kernels.available(choice) or state.device.type != "cpu":
         return _TorchUpdate(state)
     fused_dtypes = all(seg.dtype in kernels.FUSED_DTYPES for seg in state.layout.segments)
@@ -314,10 +337,18 @@ class _TorchUpdate:
         policy.after_step(s.weight_segments)
         return False
 
-    def _compensate(self, worker: int, grads: Sequence[torch.Tensor]) -> None:
+    def _compensate(self, worker: int, grads: Sequence[torch.Tensor],
+                    weights: Optional[Sequence[torch.Tensor]] = None) -> None:
+        """``g_dc`` into the master gradient, compensated from ``w_bak(worker)`` to
+        ``weights`` (default: the master weights)."""
         s = self.state
-        for i, (g, w, wb, out) in enumerate(zip(grads, s.weight_segments, s.backup_segments[worker], s.grad_segments)):
+        weights = s.weight_segments if weights is None else weights
+        for i, (g, w, wb, out) in enumerate(zip(grads, weights, s.backup_segments[worker], s.grad_segments)):
             self.compensator.compensate(i, worker, g, w, wb, out)
+
+    def write_pull(self, worker: int) -> None:
+        """``w_bak(worker) <- w``."""
+        self.state.backups[worker].copy_(self.state.weights)
 
 
 class _FusedCompensationUpdate(_TorchUpdate):
@@ -339,11 +370,13 @@ class _FusedCompensationUpdate(_TorchUpdate):
                 return False
         return True
 
-    def _compensate(self, worker: int, grads: Sequence[torch.Tensor]) -> None:
+    def _compensate(self, worker: int, grads: Sequence[torch.Tensor],
+                    weights: Optional[Sequence[torch.Tensor]] = None) -> None:
         s, comp = self.state, self.compensator
         ms = self._mean_square[worker]
-        for i, (g, w, wb, out) in enumerate(zip(grads, s.weight_segments, s.backup_segments[worker], s.grad_segments)):
-            if self.fused_segments[i]:
+        weights = s.weight_segments if weights is None else weights
+        for i, (g, w, wb, out) in enumerate(zip(grads, weights, s.backup_segments[worker], s.grad_segments)):
+            if self.fused_segments[i] and w.dtype == g.dtype:
                 kernels.compensate(comp.variant, g, w, wb, ms[i], out, comp.lambda0, comp.momentum, comp.eps)
             else:
                 comp.compensate(i, worker, g, w, wb, out)
@@ -383,6 +416,87 @@ class _FusedSGDUpdate(_FusedCompensationUpdate):
             not group["momentum"] or state.get(p, {}).get("momentum_buffer") is not None
             for p, group in zip(self._params, self._groups)
         )
+
+
+class _DanaUpdate:
+    """DANA (:mod:`hvd_dc.async_momentum`): the look-ahead ``a = w - lr*mu*S`` is where
+    worker ``m``'s gradient is compensated to and its gap measured, DANA's step replaces the
+    optimizer's, and the reply (``w_bak(m)``) is the new look-ahead. ``base`` (the torch or
+    fused-compensation path) checks finiteness and compensates."""
+
+    def __init__(self, state: ServerState, base: _TorchUpdate) -> None:
+        self.state = state
+        self.base = base
+        self.fused_segments = base.fused_segments
+        self.dana = state.dana
+        groups = state.optimizer.param_groups
+        self._groups = [groups[state._group_index.index(seg.group)] for seg in state.layout.segments]
+        self._ahead = [torch.empty(seg.numel, dtype=v.dtype, device=state.device)
+                       for seg, v in zip(state.layout.segments, state.dana.total)]
+
+    def all_finite(self, wire_grad: Sequence[torch.Tensor]) -> bool:
+        return self.base.all_finite(wire_grad)
+
+    def apply(self, worker: int, staleness: int, grads: Sequence[torch.Tensor],
+              reply: Optional[Sequence[torch.Tensor]]) -> bool:
+        s, dana = self.state, self.dana
+        hyper = [sgd_hyperparameters(g) for g in self._groups]
+        for i, (w, a, h) in enumerate(zip(s.weight_segments, self._ahead, hyper)):
+            dana.lookahead(i, w, h["lr"], h["momentum"], a)
+        self.base._compensate(worker, grads, self._ahead)
+        policy = s.policy
+        if policy.active:
+            policy.apply(staleness, s.grad_segments, self._ahead, s.backup_segments[worker])
+            policy.before_step(s.weight_segments)
+        for i, (g, w, a, h) in enumerate(zip(s.grad_segments, s.weight_segments, self._ahead, hyper)):
+            dana.step(i, worker, g, w, a, h)
+        dana.finish_push(worker)
+        if policy.active:
+            policy.after_step(s.weight_segments)
+        if reply is None:
+            return False
+        for i, (w, out, h) in enumerate(zip(s.weight_segments, reply, hyper)):
+            dana.lookahead(i, w, h["lr"], h["momentum"], out)
+        return True
+
+    def write_pull(self, worker: int) -> None:
+        """``w_bak(worker) <-`` the look-ahead, with the hyperparameters of the last push."""
+        s = self.state
+        for i, (w, out, g) in enumerate(zip(s.weight_segments, s.backup_segments[worker], self._groups)):
+            h = sgd_hyperparameters(g)
+            self.dana.lookahead(i, w, h["lr"], h["momentum"], out)
+
+
+class _HyperparameterMap:
+    """The hyperparameters the server applies, from those a worker sends: every ``lr``
+    times ``dc.lr_scale``; with ``async_momentum="reduced"`` every ``momentum`` lowered by
+    :func:`~hvd_dc.async_momentum.reduced_momentum`. Identity otherwise."""
+
+    def __init__(self, dc, num_workers: int, slots: Sequence[tuple]) -> None:
+        self.lr_scale = dc.lr_scale
+        self.reduce = dc.async_momentum == "reduced"
+        self.num_workers = num_workers
+        self.active = self.lr_scale != 1.0 or self.reduce
+        self._lr = [k for k, (_, key, _) in enumerate(slots) if key == "lr"]
+        self._momentum = [k for k, (_, key, _) in enumerate(slots) if key == "momentum"] if self.reduce else []
+
+    def __call__(self, values: List[float]) -> List[float]:
+        if self.active:
+            for k in self._lr:
+                values[k] = values[k] * self.lr_scale
+            for k in self._momentum:
+                values[k] = reduced_momentum(values[k], self.num_workers)
+        return values
+
+    def apply_to_groups(self, groups: Sequence[dict]) -> None:
+        """The same on the optimizer's groups as built from the spec (values no slot carries)."""
+        if not self.active:
+            return
+        for g in groups:
+            if "lr" in g and not isinstance(g["lr"], torch.Tensor):
+                g["lr"] = g["lr"] * self.lr_scale
+            if self.reduce and "momentum" in g:
+                g["momentum"] = reduced_momentum(g["momentum"], self.num_workers)
 
 
 class ShardState:

@@ -155,3 +155,107 @@ class Algorithm2Float32:
     def pull(self, m):
         self.bak[m] = self.w.clone()
         return self.bak[m]
+
+
+# -- asynchronous momentum (the rules as written in hvd_dc/async_momentum.py's docstring, from
+#    Hakimi et al.'s DANA and Mitliagkas et al.'s implicit momentum)
+
+
+class Dana:
+    """DANA-Zero on a parameter server, float64, whole vectors: worker m's push does
+    v_m <- mu v_m + g (v_m = g at its first push), w <- w - lr v_m; worker m receives the
+    look-ahead w - lr mu sum_j v_j. The gradient is compensated (DC-ASGD) to, and its gap
+    (Gap-Aware) measured at, the look-ahead a = w - lr mu sum_j v_j the server would send m
+    before its push; weight decay is added at a; maximize negates; dampening as torch's SGD."""
+
+    def __init__(self, w0, num_workers, lr, momentum, dampening=0.0, weight_decay=0.0, maximize=False,
+                 variant="none", lambda0=0.0, dc_momentum=0.95, eps=1e-7, policy="none"):
+        self.w = np.array(w0, dtype=np.float64)
+        self.v = [np.zeros_like(self.w) for _ in range(num_workers)]
+        self.started = [False] * num_workers
+        self.bak = [self.w.copy() for _ in range(num_workers)]
+        self.lr, self.mu, self.damp, self.wd, self.maximize = lr, momentum, dampening, weight_decay, maximize
+        self.variant, self.lambda0, self.dc_momentum, self.eps, self.policy = variant, lambda0, dc_momentum, eps, policy
+        self.ms = [np.zeros_like(self.w) for _ in range(num_workers)]
+        self.c_avg = np.zeros_like(self.w)
+        self.updates = 0
+
+    def lookahead(self):
+        return self.w - self.lr * self.mu * sum(self.v)
+
+    def push(self, m, g, lr=None, momentum=None):
+        if lr is not None:
+            self.lr = lr
+        if momentum is not None:
+            self.mu = momentum
+        g = np.asarray(g, dtype=np.float64)
+        a = self.lookahead()
+        if self.variant == "none":
+            gdc = g.copy()
+        else:
+            lam = (self.lambda0 if self.variant == "constant"
+                   else adaptive_lambda(self.ms[m], g, self.lambda0, self.dc_momentum, self.eps))
+            gdc = dc_gradient(g, a, self.bak[m], lam)
+        if self.policy == "gap_aware":
+            gdc = gap_damped(gdc, a, self.bak[m], self.c_avg, self.updates)
+        if self.maximize:
+            gdc = -gdc
+        d = gdc + self.wd * a
+        self.v[m] = d if not self.started[m] else self.mu * self.v[m] + (1.0 - self.damp) * d
+        self.started[m] = True
+        w_old = self.w
+        self.w = self.w - self.lr * self.v[m]
+        gap_track(self.c_avg, w_old, self.w)
+        self.updates += 1
+
+    def pull(self, m):
+        self.bak[m] = self.lookahead()
+        return self.bak[m].copy()
+
+
+class DanaFloat32:
+    """DANA in float32 torch ops in the evaluation order hvd_dc/async_momentum.py documents
+    (``c = lr * mu`` in double first), one vector at a time, with DC-ASGD-c/-a compensating to
+    the look-ahead by the same literal formula as :class:`Algorithm2Float32`."""
+
+    def __init__(self, w0, num_workers, variant="none", lambda0=0.0, dc_momentum=0.95, eps=1e-7):
+        import torch
+
+        self._torch = torch
+        self.w = w0.clone()
+        self.S = torch.zeros_like(w0)
+        self.v = [torch.zeros_like(w0) for _ in range(num_workers)]
+        self.started = [False] * num_workers
+        self.bak = [w0.clone() for _ in range(num_workers)]
+        self.variant, self.lambda0, self.dc_momentum, self.eps = variant, lambda0, dc_momentum, eps
+        self.ms = {}
+        self.last = (0.0, 0.0)
+
+    def _ahead(self, lr, mu):
+        return self.w - (self.S * (lr * mu))
+
+    def push(self, m, g, lr, mu, wd=0.0, dampening=0.0):
+        torch = self._torch
+        a = self._ahead(lr, mu)
+        if self.variant == "none":
+            gdc = g.clone()
+        else:
+            if self.variant == "constant":
+                lam = self.lambda0
+            else:
+                prev = self.ms.get(m, torch.zeros_like(g))
+                self.ms[m] = (self.dc_momentum * prev) + ((1.0 - self.dc_momentum) * (g * g))
+                lam = torch.div(torch.tensor(self.lambda0), torch.from_numpy(np.sqrt((self.ms[m] + self.eps).numpy())))
+            gdc = g + (((lam * g) * g) * (a - self.bak[m]))
+        if wd:
+            gdc = gdc + (a * wd)
+        self.S = self.S - self.v[m]
+        self.v[m] = gdc if not self.started[m] else (self.v[m] * mu) + (gdc * (1.0 - dampening))
+        self.started[m] = True
+        self.S = self.S + self.v[m]
+        self.w = self.w - (self.v[m] * lr)
+        self.last = (lr, mu)
+
+    def pull(self, m):
+        self.bak[m] = self._ahead(*self.last)
+        return self.bak[m]

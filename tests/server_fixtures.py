@@ -13,9 +13,11 @@ from hvd_dc.server_state import ServerState
 
 def make_spec(optimizer: torch.optim.Optimizer, num_workers: int, variant: str = "adaptive", dc_lambda=None,
               dc_momentum: float = 0.95, dc_eps: float = 1e-7, mean_square: str = "per_worker",
-              compression: str = "none", staleness_policy: str = "none") -> ModelSpec:
+              compression: str = "none", staleness_policy: str = "none", async_momentum: str = "shared",
+              lr_scale: float = 1.0) -> ModelSpec:
     names = [f"g{gi}.p{i}" for gi, group in enumerate(optimizer.param_groups) for i in range(len(group["params"]))]
-    dc = DCOptions.create(variant, dc_lambda, dc_momentum, dc_eps, mean_square, staleness_policy)
+    dc = DCOptions.create(variant, dc_lambda, dc_momentum, dc_eps, mean_square, staleness_policy, async_momentum,
+                          lr_scale)
     return ModelSpec.from_optimizer(optimizer, num_workers, names=names, dc=dc, compression=compression)
 
 
