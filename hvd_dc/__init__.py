@@ -9,6 +9,9 @@ Public API, flat as in ``horovod.torch``::
 Module map (each module's docstring says what it owns):
 
 * :mod:`hvd_dc.dc_math`      pure delay-compensation math, no MPI
+* :mod:`hvd_dc.staleness`    staleness policies (damping stale gradients), no MPI
+* :mod:`hvd_dc.async_momentum` momentum under asynchrony: DANA, the lowered-momentum baseline, no MPI
+* :mod:`hvd_dc.divergence`   noticing a diverging run and naming its likely cause, no MPI
 * :mod:`hvd_dc.kernels`      the fused C kernels of the server's update
 * :mod:`hvd_dc.layout`       flat-buffer layout, model description and comparison
 * :mod:`hvd_dc.protocol`     the worker/server contract: tags, messages, windows
@@ -83,6 +86,7 @@ from .collectives import (
     synchronize,
 )
 from .compression import Compression
+from .divergence import DivergenceWarning
 from .harness import run
 from .horovod_compat import (
     SyncBatchNorm,
@@ -124,6 +128,6 @@ __all__ = [
     "ProcessSet", "global_process_set", "add_process_set", "remove_process_set",
     "Compression", "DistributedOptimizer", "DistributedDCOptimizer", "SyncBatchNorm", "elastic",
     "ReduceOp", "Average", "Sum", "Min", "Max", "Product", "Adasum",
-    "HorovodInternalError", "HvdDcTimeout", "CollectiveMismatch",
+    "HorovodInternalError", "HvdDcTimeout", "CollectiveMismatch", "DivergenceWarning",
     "__version__",
 ]

@@ -4,16 +4,32 @@
 arguments in Horovod's order, then the DC options as keywords. This module checks
 Horovod's ones (:func:`check`) and applies what they mean here (:func:`apply`):
 
-* ``op``. Horovod's optimizer applies one *reduced* gradient per step: ``Average``, the
-  mean of the ``size()`` workers' gradients (computed on the same weights); ``Sum``, their
-  sum, ``size()`` times the mean. A DC-ASGD push carries one worker's gradient, applied on
-  its own. Its expectation is the mean's, so **``Average`` (the default) pushes the
-  gradient as it is** (what hvd_dc always did), and **``Sum`` pushes ``size()`` times it**
-  (the same ratio as in Horovod; a hook scales the gradient as backward produces it, so
-  clipping after ``synchronize()`` sees the scaled gradient, as it sees the sum in
-  Horovod). ``Adasum`` combines gradients of the same step across workers, which an
-  asynchronous server never has: refused (with one worker, where Horovod's Adasum is the
-  plain gradient, accepted). Every worker must pass the same ``op``.
+* ``op`` and ``lr_scaling``. Horovod's optimizer applies one *reduced* gradient per step:
+  ``Average``, the mean of the ``size()`` workers' gradients (computed on the same
+  weights); ``Sum``, their sum, ``size()`` times the mean. Here the same ``size()``
+  gradients arrive as ``size()`` pushes, each applied on its own. ``lr_scaling`` says how
+  much of a Horovod step one push is:
+
+  - ``"per_step"``: a push is ``1/size()`` of a Horovod step. With ``Average`` the server
+    applies each push with ``lr / size()`` (the server-side lr is scaled, not the gradient,
+    so the DC term ``lambda * g*g*(w - w_bak)`` keeps its meaning); with ``Sum`` with
+    ``lr`` and the gradient as it is. A script's ``lr * hvd.size()`` thus lands on a
+    per-push step of ``lr``, the sequential run's.
+  - ``"per_push"``: every push is a whole step: ``Average`` pushes the gradient as it is
+    at the script's lr, ``Sum`` pushes ``size()`` times it (a hook scales the gradient as
+    backward produces it, so clipping after ``synchronize()`` sees the scaled gradient, as
+    it sees the sum in Horovod). What hvd_dc did before; right for a script that keeps the
+    single-process lr.
+  - ``"auto"`` (default): ``"per_step"``, chosen by measurement
+    (benchmarks/CONVERGENCE_HOROVOD.md: with Horovod's ``lr * size()`` and momentum,
+    ``per_push`` diverges from M = 8 on).
+
+  ``Adasum`` combines gradients of the same step across workers, which an asynchronous
+  server never has: refused (with one worker, where Horovod's Adasum is the plain
+  gradient, accepted). Every worker must pass the same ``op``.
+* ``async_momentum`` (:mod:`hvd_dc.async_momentum`): ``"auto"`` (default) is ``"dana"`` for
+  ``torch.optim.SGD`` with a momentum, ``"shared"`` otherwise (chosen by measurement,
+  benchmarks/CONVERGENCE_HOROVOD.md); ``"dana"`` and ``"reduced"`` need ``torch.optim.SGD``.
 * ``gradient_predivide_factor``: Horovod scales by ``1/f`` before the sum and ``f/size``
   after, which is the same average; there is no sum here, so nothing changes. Checked as
   Horovod does (``> 0``, only with ``op=Average``).
@@ -34,18 +50,50 @@ from typing import Any, List, NamedTuple
 import torch
 
 from .collectives import Adasum, Average, ReduceOp, Sum, _check_process_set, allgather_object
+from .dc_math import ASYNC_MOMENTUM
 
-__all__ = ["HorovodOptions", "check", "apply"]
+__all__ = ["HorovodOptions", "LR_SCALINGS", "check", "apply", "resolve_async_momentum", "lr_scale"]
+
+#: Accepted values of ``lr_scaling`` (besides ``"auto"``).
+LR_SCALINGS = ("per_step", "per_push")
 
 
 class HorovodOptions(NamedTuple):
     op: ReduceOp
     gradient_predivide_factor: float
+    lr_scaling: str = "per_step"
+
+
+def resolve_async_momentum(value: Any, optimizer: torch.optim.Optimizer) -> str:
+    """``async_momentum`` as the server runs it: ``"auto"`` resolved for ``optimizer``;
+    ``ValueError`` for an unknown value or DANA/reduced on another class than SGD."""
+    if value == "auto":
+        sgd = type(optimizer) is torch.optim.SGD
+        return "dana" if sgd and any(float(g.get("momentum", 0.0)) > 0.0 for g in optimizer.param_groups) else "shared"
+    if value not in ASYNC_MOMENTUM:
+        raise ValueError(f"async_momentum must be 'auto' or one of {', '.join(repr(a) for a in ASYNC_MOMENTUM)}; "
+                         f"got {value!r}")
+    if value != "shared" and type(optimizer) is not torch.optim.SGD:
+        raise ValueError(f"async_momentum={value!r} acts on torch.optim.SGD's momentum; this optimizer is "
+                         f"{type(optimizer).__module__}.{type(optimizer).__qualname__} (use async_momentum='shared')")
+    return value
+
+
+def lr_scale(options: HorovodOptions, num_workers: int) -> float:
+    """The factor the server applies to every push's lr: ``1/size()`` for a push that is
+    ``1/size()`` of an ``Average`` step, else 1."""
+    if options.lr_scaling == "per_step" and options.op == Average:
+        return 1.0 / num_workers
+    return 1.0
 
 
 def check(op: Any, gradient_predivide_factor: Any, num_groups: Any, groups: Any, sparse_as_dense: Any,
-          process_set: Any, num_workers: int) -> HorovodOptions:
-    """Validate Horovod's keywords (ValueError naming the problem)."""
+          process_set: Any, num_workers: int, lr_scaling: Any = "auto") -> HorovodOptions:
+    """Validate Horovod's keywords and ``lr_scaling`` (ValueError naming the problem)."""
+    if lr_scaling == "auto":
+        lr_scaling = "per_step"
+    if lr_scaling not in LR_SCALINGS:
+        raise ValueError(f"lr_scaling must be 'auto', 'per_step' or 'per_push'; got {lr_scaling!r}")
     if op is None:
         op = Average
     if not isinstance(op, ReduceOp) or op not in (Average, Sum, Adasum):
@@ -80,21 +128,22 @@ def check(op: Any, gradient_predivide_factor: Any, num_groups: Any, groups: Any,
     if not isinstance(sparse_as_dense, bool):
         raise ValueError(f"sparse_as_dense must be True or False; got {sparse_as_dense!r}")
     _check_process_set(process_set)
-    return HorovodOptions(op, float(gradient_predivide_factor))
+    return HorovodOptions(op, float(gradient_predivide_factor), lr_scaling)
 
 
 def apply(optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], options: HorovodOptions,
           num_workers: int) -> None:
     """After registration: check every worker passed the same ``op`` (a collective among
     the workers; a difference is the same ValueError on each), then, for ``Sum``, scale
-    each gradient by ``size()`` as backward produces it."""
-    mine = (options.op.value, options.gradient_predivide_factor)
+    each gradient by ``size()`` as backward produces it (``lr_scaling="per_push"``)."""
+    mine = (options.op.value, options.gradient_predivide_factor, options.lr_scaling)
     everyone = allgather_object(mine, name="DistributedOptimizer.op")
     for r, theirs in enumerate(everyone):
         if tuple(theirs) != mine:
-            raise ValueError(f"hvd_dc: the workers passed different DistributedOptimizer op/gradient_predivide_factor:"
+            raise ValueError(f"hvd_dc: the workers passed different DistributedOptimizer op/gradient_predivide_factor/"
+                             f"lr_scaling:"
                              f" worker 0 passed {tuple(everyone[0])}, worker {r} passed {tuple(theirs)}")
-    if options.op == Sum and num_workers > 1:
+    if options.op == Sum and num_workers > 1 and options.lr_scaling == "per_push":
         factor = float(num_workers)
         handles = [p.register_hook(lambda g, k=factor: g * k) for p in params]
         optimizer._hvd_dc_op_hooks = handles  # type: ignore[attr-defined]

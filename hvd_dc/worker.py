@@ -37,6 +37,7 @@ from .protocol import ReplyStatus, RequestKind
 from .settings import OVERLAP_CHOICES
 from .staging import DeviceStaging
 from .stats import worker_stats_extra
+from .divergence import DivergenceWatch, likely_cause
 from .waiting import HvdDcTimeout
 from .worker_buffers import WorkerBuffers
 
@@ -63,6 +64,8 @@ def DistributedDCOptimizer(
     dc_eps: float = 1e-7,
     dc_mean_square: str = "per_worker",
     staleness_policy: str = "none",
+    async_momentum: str = "auto",
+    lr_scaling: str = "auto",
     nonfinite: str = "skip",
     checkpoint_path: Optional[str] = None,
     checkpoint_every_updates: Optional[int] = None,
@@ -99,6 +102,18 @@ def DistributedDCOptimizer(
     Koloskova et al. 2022) or ``"gap_aware"`` (each element divided by how far its weight
     moved since the pull, in units of the average update, Barkai et al. 2020). Meant for
     SGD; combines with any ``dc_variant`` (``dc_variant="none"`` for the policy alone).
+
+    ``async_momentum``: what the server does with ``torch.optim.SGD``'s momentum under
+    asynchrony (:mod:`hvd_dc.async_momentum`): ``"dana"`` (one momentum per worker, each
+    worker sent the look-ahead ``w - lr*mu*sum_j v_j``; Hakimi et al. 2019), ``"shared"``
+    (the optimizer's own step, one buffer), ``"reduced"`` (the momentum lowered for the
+    implicit momentum of M workers), ``"auto"`` (default: ``"dana"`` for SGD with a
+    momentum, else ``"shared"``).
+
+    ``lr_scaling``: how much of a Horovod step one push is (:mod:`hvd_dc.optimizer_options`):
+    ``"per_step"`` (a push is ``1/size()`` of an ``op=Average`` step: the server applies
+    ``lr / size()``, so a script's ``lr * hvd.size()`` steps ``lr`` per push),
+    ``"per_push"`` (every push steps the script's lr), ``"auto"`` (default: ``"per_step"``).
 
     ``nonfinite``: what a gradient with NaN/Inf does. The server rejects every chunk that
     holds one and counts it (the model is never touched by a non-finite value; the other
@@ -137,9 +152,11 @@ def DistributedDCOptimizer(
         raise ValueError(f"{type(optimizer).__name__} is not supported by hvd_dc: its step does not take one gradient")
     if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an int >= 1; got {backward_passes_per_step!r}")
-    dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square, staleness_policy)
     hvd_options = optimizer_options.check(op, gradient_predivide_factor, num_groups, groups, sparse_as_dense,
-                                          process_set, context.current().num_workers)
+                                          process_set, context.current().num_workers, lr_scaling)
+    dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square, staleness_policy,
+                          optimizer_options.resolve_async_momentum(async_momentum, optimizer),
+                          optimizer_options.lr_scale(hvd_options, context.current().num_workers))
     comp = compression_name(compression)
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite must be 'skip' or 'raise'; got {nonfinite!r}")
@@ -164,8 +181,11 @@ def DistributedDCOptimizer(
         checkpoint_every_seconds=None if checkpoint_every_seconds is None else float(checkpoint_every_seconds),
         server_device=server_device, staging=ctx.settings.staging, chunk_bytes=chunk_bytes,
     )
+    momentum = max((float(g.get("momentum", 0.0)) for g in optimizer.param_groups), default=0.0)
+    cause = likely_cause(ctx.num_workers, dc.lr_scale, hvd_options.lr_scaling, hvd_options.op == Average,
+                         dc.async_momentum, momentum)
     worker = DCWorker(ctx, optimizer, [p for p, _ in params], spec, backward_passes_per_step, nonfinite, device,
-                      overlap)
+                      overlap, cause)
     ctx.served.append(worker)
     _install(optimizer, worker)
     optimizer_options.apply(optimizer, [p for p, _ in params], hvd_options, ctx.num_workers)
@@ -381,6 +401,7 @@ class DCWorker:
         nonfinite: str,
         device: torch.device,
         overlap: str = "auto",
+        divergence_cause: str = "",
     ) -> None:
         self.ctx = ctx
         self.optimizer = optimizer
@@ -428,6 +449,10 @@ class DCWorker:
         self.staleness: Dict[int, int] = dict(home.staleness[me]) if home.staleness else {}
         self._started = time.monotonic()
         self._closed = False
+        #: notices a diverging run and says once why (hvd_dc.divergence)
+        self.divergence = DivergenceWatch(me, divergence_cause)
+        self._wire_gradient = plan.layout.segment_views(self.channel.grad_area, wire=True)
+        self._host_weights = [plan.layout.segment_views(w) for w in self.channel.weights]
 
     # -- the step path ---------------------------------------------------------------------
 
@@ -553,8 +578,10 @@ class DCWorker:
         if (status == ReplyStatus.OK).all():
             staleness = int(headers[0][3])
             self.staleness[staleness] = self.staleness.get(staleness, 0) + 1
+            self.divergence.step(self._wire_gradient, self._host_weights[self.buffers.host_weights])
             return
         self.rejected += 1
+        self.divergence.rejected()
         bad = int((status != ReplyStatus.OK).sum())
         what = ("the server rejected it and the model was not changed" if bad == len(status) else
                 f"the servers rejected the {bad} of its {len(status)} chunks that hold them, which did not change "

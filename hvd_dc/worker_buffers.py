@@ -179,6 +179,11 @@ class WorkerBuffers:
         (staged: the only one)."""
         return 0 if self.staging is not None else 1 - self.current
 
+    @property
+    def host_weights(self) -> int:
+        """The host weight buffer that holds the weights the model received last."""
+        return 0 if self.staging is not None else self.current
+
     def before_weights_arrive(self) -> None:
         """The host buffer is about to be overwritten: wait until its last copy to the
         device has read it."""

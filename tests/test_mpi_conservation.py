@@ -61,3 +61,21 @@ def test_conservation_with_a_staleness_policy(tmp_path, policy):
     taus = results[0]["staleness"]
     assert max(taus) > 3, taus  # the straggler's pushes: the factor is not 1 for them
     assert len(set(t for r in results.values() for t in r["staleness"])) >= 3
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_conservation_with_dana(tmp_path, workers):
+    """DANA (async_momentum="dana", momentum 0.5, float64): the server's weights are w0 minus
+    every push's lr * v with each worker's own momentum v (whatever the arrival order), and
+    the final pull is the look-ahead w - lr * mu * sum_i v_i. (v = sum of mu^k g is exact in
+    float64 for these step counts, not in float32.)"""
+    res = run_mpi(workers + 1, "conservation.py", "--variant", "adaptive", "--dtypes", "float64",
+                  "--momentum", "0.5", "--async-momentum", "dana", out_dir=tmp_path).check()
+    _check_conserved(res, workers)
+
+
+def test_conservation_per_push_lr_scaling(tmp_path):
+    """lr_scaling="per_push": every push is applied with the lr its worker holds (not / size())."""
+    res = run_mpi(3, "conservation.py", "--variant", "constant", "--lr-scaling", "per_push",
+                  out_dir=tmp_path).check()
+    _check_conserved(res, 2)

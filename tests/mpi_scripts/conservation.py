@@ -1,6 +1,12 @@
 """Conservation: with lambda = 0 and integer gradients, the final weights equal w0 minus
-the sum of every gradient pushed (times the lr each push carried): nothing lost, nothing
-applied twice. Workers run different numbers of steps and finish at different times."""
+the sum of every gradient pushed (times the lr the server applied to each push: the lr it
+carried, divided by size() under lr_scaling="per_step"): nothing lost, nothing applied twice.
+Workers run different numbers of steps and finish at different times.
+
+With ``--momentum mu --async-momentum dana`` each worker also replays its own DANA momentum
+(v = g, then v = mu v + g): the server's weights must be w0 minus the sum over every push of
+lr v (each worker's momentum is its own, whatever the arrival order), and the weights a
+worker pulls at the end the look-ahead w - lr mu sum_i v_i."""
 
 import random
 import time
@@ -29,6 +35,9 @@ p.add_argument("--policy", default="none", help="staleness_policy; the scalar on
 p.add_argument("--list-shm", action="store_true", help="record the /dev/shm files this rank has mapped after the first "
                "step (the network-path test checks that no window lives there)")
 p.add_argument("--slow-worker", action="store_true", help="worker 0 sleeps 30 ms per step (its pushes get stale)")
+p.add_argument("--lr-scaling", default="auto", help="DistributedDCOptimizer's lr_scaling")
+p.add_argument("--momentum", type=float, default=0.0, help="the SGD momentum (with --async-momentum dana)")
+p.add_argument("--async-momentum", default="auto")
 args = p.parse_args()
 
 hvd.init()
@@ -44,7 +53,9 @@ for i, dt in enumerate(dtypes):
 if args.extra:
     params["v"] = torch.nn.Parameter(torch.arange(args.extra, dtype=torch.float32, device=device) % 97)
 named = list(params.items())
-opt = torch.optim.SGD([t for _, t in named], lr=1.0)
+per_step = args.lr_scaling in ("auto", "per_step")
+# under per_step a Horovod script's lr * size(): the server's (lr * size()) * (1 / size()) is the exact lr
+opt = torch.optim.SGD([t for _, t in named], lr=float(n) if per_step else 1.0, momentum=args.momentum)
 def cycle(step):
     return 0.5 ** (step % 3)
 
@@ -54,7 +65,12 @@ dc_lambda = 0.0 if args.variant != "none" else None
 compression = hvd.Compression.fp16 if args.compression == "fp16" else hvd.Compression.none
 opt = hvd.DistributedDCOptimizer(opt, named_parameters=named, dc_variant=args.variant, dc_lambda=dc_lambda,
                                  compression=compression, backward_passes_per_step=args.passes,
-                                 staleness_policy=args.policy)
+                                 staleness_policy=args.policy, lr_scaling=args.lr_scaling,
+                                 async_momentum=args.async_momentum)
+#: the server's factor on every push's lr (hvd_dc/optimizer_options.py: per_step divides by size())
+lr_scale = 1.0 / n if per_step else 1.0
+dana = args.momentum > 0
+assert not dana or args.async_momentum == "dana", "conservation with momentum is checked for DANA only"
 
 
 def policy_factor(tau):
@@ -77,6 +93,7 @@ w0 = {k: t.detach().clone() for k, t in named}  # the server's w0 (worker 0's), 
 rng = random.Random(me)
 steps = args.steps + 3 * me  # workers finish at different times
 applied = {k: torch.zeros(t.shape, dtype=torch.float64) for k, t in named}
+velocity = {k: None for k, _ in named}  # this worker's DANA momentum, replayed
 scale = 1.0 if args.edit == "none" else 0.5
 rejected_expected = 0
 taus = []
@@ -116,7 +133,11 @@ for s in range(steps):
         tau = staleness_sum() - before  # this push's staleness, as the server measured it
         taus.append(tau)
         for k in coefs:
-            applied[k] += lr * scale * policy_factor(tau) * coefs[k].double()
+            g = scale * policy_factor(tau) * coefs[k].double()
+            if dana:
+                velocity[k] = g if velocity[k] is None else args.momentum * velocity[k] + g
+                g = velocity[k]
+            applied[k] += lr * lr_scale * g
     if sched is not None:
         sched.step()
     if args.slow_worker and me == 0:
@@ -132,6 +153,9 @@ detail = {}
 for k, t in named:
     total = hvd.allreduce(applied[k], op=hvd.Sum)
     expected = w0[k].double().cpu() - total
+    if dana:  # the pull answers with the look-ahead, lr and mu those of the last push (lr is constant here)
+        last = velocity[k] if velocity[k] is not None else torch.zeros_like(applied[k])
+        expected = expected - lr * lr_scale * args.momentum * hvd.allreduce(last, op=hvd.Sum)
     got = t.detach().double().cpu()
     detail[k] = float((got - expected).abs().max())
     if args.policy == "none":
