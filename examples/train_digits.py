@@ -48,7 +48,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.02, help="learning rate of every push (not scaled by hvd.size(): each push is applied on its own)")
+    p.add_argument("--lr", type=float, default=0.02, help="the single-process learning rate; the script uses "
+                   "lr * hvd.size() as Horovod scripts do (hvd_dc applies 1/size() of it per push)")
     p.add_argument("--dc-variant", default="adaptive", choices=["adaptive", "constant", "none"])
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm progress bar on worker 0 (default: when stderr is a terminal)")
@@ -68,9 +69,10 @@ def main():
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler)
 
     model = SmallCNN()
-    # With asynchronous updates each push is applied on its own, so the per-worker lr is
-    # not multiplied by the number of workers as in synchronous Horovod training.
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    # As in a Horovod script: lr * size(). Each of the size() pushes that make one Horovod
+    # step is applied with 1/size() of it (lr_scaling="per_step"), and the momentum runs as
+    # DANA on the server (async_momentum="auto"), so this trains like sequential SGD.
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr * hvd.size(), momentum=0.9)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     optimizer = hvd.DistributedDCOptimizer(  # was: hvd.DistributedOptimizer(...)
         optimizer, named_parameters=model.named_parameters(), dc_variant=args.dc_variant

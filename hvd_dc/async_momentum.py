@@ -75,7 +75,10 @@ import torch
 
 from .dc_math import ASYNC_MOMENTUM, compute_dtype
 
-__all__ = ["ASYNC_MOMENTUM", "reduced_momentum", "DanaState", "sgd_hyperparameters"]
+__all__ = ["ASYNC_MOMENTUM", "REDUCED_RULE", "reduced_momentum", "DanaState", "sgd_hyperparameters"]
+
+#: which rule :func:`reduced_momentum` follows (the study's pilot compared them)
+REDUCED_RULE = "additive"
 
 
 def reduced_momentum(momentum: float, num_workers: int) -> float:

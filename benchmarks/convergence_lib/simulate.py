@@ -71,10 +71,8 @@ class ServerOptions:
 
     def dc_options(self, dc_momentum: float = common.DC_MOMENTUM) -> DCOptions:
         lam = common.DC_LAMBDA[self.variant] if self.dc_lambda is None or self.variant == "none" else self.dc_lambda
-        extra = {}
-        if self.async_momentum != "shared" or self.lr_scale != 1.0:
-            extra = {"async_momentum": self.async_momentum, "lr_scale": self.lr_scale}
-        return DCOptions.create(self.variant, lam, dc_momentum, staleness_policy=self.staleness_policy, **extra)
+        return DCOptions.create(self.variant, lam, dc_momentum, staleness_policy=self.staleness_policy,
+                                async_momentum=self.async_momentum, lr_scale=self.lr_scale)
 
 
 def make_server_state(optimizer: torch.optim.Optimizer, num_workers: int, options: ServerOptions) -> ServerState:
