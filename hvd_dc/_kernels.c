@@ -90,6 +90,60 @@ typedef struct {
 DEFINE_TEMPLATE(float, fmaf, sqrtf)
 DEFINE_TEMPLATE(double, fma, sqrt)
 
+/* DANA (hvd_dc/async_momentum.py), one push of one worker on one segment, in the order the
+ * torch path evaluates it (separate multiplies and adds, as there: no FMA):
+ *   a = w - S*c; g_dc compensated from w_bak to a; d = -g_dc (maximize); d = d + a*wd;
+ *   S = S - v; v = d (FIRST) | v*mu + d*(1 - dampening); S = S + v; w = w - v*lr;
+ *   copy (the reply, w_bak) = w - S*c.
+ * VARIANT, FIRST, WD and COPY are compile-time constants in every instantiation. */
+#define DEFINE_DANA(T, SQRT)                                                                \
+    INLINE void dana_loop_##T(int64_t n, const T *restrict g, T *restrict w, const T *restrict wb, \
+                              T *restrict ms, T *restrict v, T *restrict s, T *restrict copy, \
+                              const params_t *p, const int VARIANT, const int FIRST, const int WD, \
+                              const int COPY) {                                             \
+        const T lam0 = (T)p->lambda0, m = (T)p->ms_momentum;                                \
+        const T one_m = (T)(1.0 - p->ms_momentum), eps = (T)p->eps;                         \
+        const T sign = p->maximize ? (T)-1 : (T)1, wd = (T)p->weight_decay;                 \
+        const T mom = (T)p->momentum, one_damp = (T)(1.0 - p->dampening);                   \
+        const T lr = (T)p->lr, c = (T)(p->lr * p->momentum);                                \
+        for (int64_t i = 0; i < n; i++) {                                                   \
+            const T gi = g[i], wi = w[i];                                                   \
+            T si = s[i];                                                                    \
+            const T ai = wi - si * c;                          /* the look-ahead now */     \
+            T d = gi;                                                                       \
+            if (VARIANT != VARIANT_NONE) {                                                  \
+                T lam_g;                                                                    \
+                if (VARIANT == VARIANT_ADAPTIVE) {                                          \
+                    T sq = gi * gi;                                                         \
+                    sq = sq * one_m;                                                        \
+                    T msi = ms[i] * m;                                                      \
+                    msi = msi + sq;                                                         \
+                    ms[i] = msi;                                                            \
+                    lam_g = (lam0 / SQRT(msi + eps)) * gi;                                  \
+                } else {                                                                    \
+                    lam_g = gi * lam0;                                                      \
+                }                                                                           \
+                lam_g = lam_g * gi;                                                         \
+                lam_g = lam_g * (ai - wb[i]);                                               \
+                d = gi + lam_g;                                                             \
+            }                                                                               \
+            d = d * sign;                                                                   \
+            if (WD) d = d + ai * wd;                                                        \
+            T vi = v[i];                                                                    \
+            si = si - vi;                                                                   \
+            vi = FIRST ? d : vi * mom + d * one_damp;                                       \
+            si = si + vi;                                                                   \
+            v[i] = vi;                                                                      \
+            s[i] = si;                                                                      \
+            const T wn = wi - vi * lr;                                                      \
+            w[i] = wn;                                                                      \
+            if (COPY) copy[i] = wn - si * c;                                                \
+        }                                                                                   \
+    }
+
+DEFINE_DANA(float, sqrtf)
+DEFINE_DANA(double, sqrt)
+
 /* run(): dispatch the runtime flags to constant instantiations */
 #define INSTANCES(T, SUFFIX, TARGET)                                                        \
     TARGET static void run_##SUFFIX(int64_t n, const T *g, T *w, const T *wb, T *ms, T *out, T *buf, \
@@ -127,6 +181,30 @@ INSTANCES(double, f64_base, )
 #if HAVE_AVX2_PATH
 INSTANCES(float, f32_avx2, TARGET_AVX2)
 INSTANCES(double, f64_avx2, TARGET_AVX2)
+#endif
+
+#define DANA_CASE(T, K, VAR, FIRST, WD, COPY) \
+    case K: dana_loop_##T(n, g, w, wb, ms, v, s, copy, p, VAR, FIRST, WD, COPY); break;
+#define DANA_INSTANCES(T, SUFFIX, TARGET)                                                   \
+    TARGET static void dana_##SUFFIX(int64_t n, const T *g, T *w, const T *wb, T *ms, T *v, T *s, T *copy, \
+                                     const params_t *p, int first, int wd) {                \
+        switch (p->variant * 8 + first * 4 + wd * 2 + (copy != NULL)) {                     \
+        DANA_CASE(T, 0, 0, 0, 0, 0) DANA_CASE(T, 1, 0, 0, 0, 1) DANA_CASE(T, 2, 0, 0, 1, 0)  \
+        DANA_CASE(T, 3, 0, 0, 1, 1) DANA_CASE(T, 4, 0, 1, 0, 0) DANA_CASE(T, 5, 0, 1, 0, 1)  \
+        DANA_CASE(T, 6, 0, 1, 1, 0) DANA_CASE(T, 7, 0, 1, 1, 1) DANA_CASE(T, 8, 1, 0, 0, 0)  \
+        DANA_CASE(T, 9, 1, 0, 0, 1) DANA_CASE(T, 10, 1, 0, 1, 0) DANA_CASE(T, 11, 1, 0, 1, 1) \
+        DANA_CASE(T, 12, 1, 1, 0, 0) DANA_CASE(T, 13, 1, 1, 0, 1) DANA_CASE(T, 14, 1, 1, 1, 0) \
+        DANA_CASE(T, 15, 1, 1, 1, 1) DANA_CASE(T, 16, 2, 0, 0, 0) DANA_CASE(T, 17, 2, 0, 0, 1) \
+        DANA_CASE(T, 18, 2, 0, 1, 0) DANA_CASE(T, 19, 2, 0, 1, 1) DANA_CASE(T, 20, 2, 1, 0, 0) \
+        DANA_CASE(T, 21, 2, 1, 0, 1) DANA_CASE(T, 22, 2, 1, 1, 0) DANA_CASE(T, 23, 2, 1, 1, 1) \
+        }                                                                                   \
+    }
+
+DANA_INSTANCES(float, f32_base, )
+DANA_INSTANCES(double, f64_base, )
+#if HAVE_AVX2_PATH
+DANA_INSTANCES(float, f32_avx2, TARGET_AVX2)
+DANA_INSTANCES(double, f64_avx2, TARGET_AVX2)
 #endif
 
 static int use_avx2(void) {
@@ -216,12 +294,48 @@ static PyObject *py_sgd(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* dana(dbl, n, g, w, wb, ms, v, s, copy, variant, lambda0, ms_momentum, eps,
+        lr, momentum, dampening, weight_decay, maximize, first) */
+static PyObject *py_dana(PyObject *self, PyObject *args) {
+    int dbl, first;
+    long long n;
+    unsigned long long g, w, wb, ms, v, s, copy;
+    params_t p;
+    memset(&p, 0, sizeof p);
+    if (!PyArg_ParseTuple(args, "pLKKKKKKKidddddddpp", &dbl, &n, &g, &w, &wb, &ms, &v, &s, &copy, &p.variant,
+                          &p.lambda0, &p.ms_momentum, &p.eps, &p.lr, &p.momentum, &p.dampening, &p.weight_decay,
+                          &p.maximize, &first))
+        return NULL;
+    if (p.variant < 0 || p.variant > 2) return PyErr_Format(PyExc_ValueError, "bad variant %d", p.variant);
+    const int wd = p.weight_decay != 0;
+    Py_BEGIN_ALLOW_THREADS
+#if HAVE_AVX2_PATH
+    if (use_avx2()) {
+        if (dbl) dana_f64_avx2(n, (const double *)(uintptr_t)g, (double *)(uintptr_t)w, (const double *)(uintptr_t)wb,
+                               (double *)(uintptr_t)ms, (double *)(uintptr_t)v, (double *)(uintptr_t)s,
+                               (double *)(uintptr_t)copy, &p, first, wd);
+        else dana_f32_avx2(n, (const float *)(uintptr_t)g, (float *)(uintptr_t)w, (const float *)(uintptr_t)wb,
+                           (float *)(uintptr_t)ms, (float *)(uintptr_t)v, (float *)(uintptr_t)s,
+                           (float *)(uintptr_t)copy, &p, first, wd);
+    } else
+#endif
+    if (dbl) dana_f64_base(n, (const double *)(uintptr_t)g, (double *)(uintptr_t)w, (const double *)(uintptr_t)wb,
+                           (double *)(uintptr_t)ms, (double *)(uintptr_t)v, (double *)(uintptr_t)s,
+                           (double *)(uintptr_t)copy, &p, first, wd);
+    else dana_f32_base(n, (const float *)(uintptr_t)g, (float *)(uintptr_t)w, (const float *)(uintptr_t)wb,
+                       (float *)(uintptr_t)ms, (float *)(uintptr_t)v, (float *)(uintptr_t)s, (float *)(uintptr_t)copy,
+                       &p, first, wd);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_simd(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(use_avx2() ? "avx2+fma" : "baseline"); }
 
 static PyMethodDef methods[] = {
     {"all_finite", py_all_finite, METH_VARARGS, "all_finite(ptr, n, is_double) -> bool"},
     {"compensate", py_compensate, METH_VARARGS, "fused DC compensation into out"},
     {"sgd", py_sgd, METH_VARARGS, "fused DC compensation + torch.optim.SGD step (+ optional copy)"},
+    {"dana", py_dana, METH_VARARGS, "fused DC compensation to the look-ahead + DANA's step (+ optional reply)"},
     {"simd", py_simd, METH_NOARGS, "which code path runs: 'avx2+fma' or 'baseline'"},
     {NULL, NULL, 0, NULL},
 };

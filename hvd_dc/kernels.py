@@ -10,7 +10,10 @@ path does in eight to ten:
   the adaptive variant), for optimizers other than SGD;
 * :func:`sgd`: that, then ``torch.optim.SGD``'s step (weight decay, momentum, dampening,
   Nesterov, maximize) on the weights, and optionally the copy of the new weights into
-  the worker's reply area (the pull that follows a push).
+  the worker's reply area (the pull that follows a push);
+* :func:`dana`: DANA's push (:mod:`hvd_dc.async_momentum`): the look-ahead, the
+  compensation to it, the per-worker momentum and its sum, the weights, and optionally
+  the reply (the new look-ahead).
 
 Every call checks dtypes, sizes and contiguity here, so the C code can trust its pointers.
 """
@@ -28,7 +31,7 @@ try:
 except ImportError:  # no compiler at install time: the torch path serves
     _ext = None
 
-__all__ = ["available", "simd", "all_finite", "compensate", "sgd", "FUSED_DTYPES"]
+__all__ = ["available", "simd", "all_finite", "compensate", "sgd", "dana", "FUSED_DTYPES"]
 
 FUSED_DTYPES = (torch.float32, torch.float64)
 
@@ -97,4 +100,21 @@ def sgd(variant: DCVariant, g, w, wb, mean_square, momentum_buffer, copy, lambda
         _ptr(momentum_buffer) if mom else 0, _ptr(copy), int(variant), float(lambda0), float(ms_momentum),
         float(eps), float(group["lr"]), mom, float(group["dampening"]), float(group["weight_decay"]),
         bool(group["nesterov"]), bool(group.get("maximize", False)), False,
+    )
+
+
+def dana(variant: DCVariant, g, w, wb, mean_square, velocity, total, copy, lambda0: float, ms_momentum: float,
+         eps: float, hyper: dict, first: bool) -> None:
+    """One DANA push on one segment, in place: ``velocity`` (this worker's ``v``), ``total``
+    (``S``), ``w`` and ``mean_square`` (adaptive) updated; ``copy``, if given, receives the
+    look-ahead ``w - lr*mu*S``. ``hyper``: :func:`~hvd_dc.async_momentum.sgd_hyperparameters`.
+    ``first``: this worker's first push (``v = g``)."""
+    n = g.numel()
+    _check(g, w, wb, velocity, total, copy, mean_square if variant is DCVariant.ADAPTIVE else None,
+           dtype=g.dtype, n=n)
+    _ext.dana(
+        g.dtype == torch.float64, n, g.data_ptr(), w.data_ptr(), wb.data_ptr(), _ptr(mean_square),
+        velocity.data_ptr(), total.data_ptr(), _ptr(copy), int(variant), float(lambda0), float(ms_momentum),
+        float(eps), hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["weight_decay"],
+        bool(hyper["maximize"]), bool(first),
     )

@@ -422,17 +422,23 @@ class _DanaUpdate:
     """DANA (:mod:`hvd_dc.async_momentum`): the look-ahead ``a = w - lr*mu*S`` is where
     worker ``m``'s gradient is compensated to and its gap measured, DANA's step replaces the
     optimizer's, and the reply (``w_bak(m)``) is the new look-ahead. ``base`` (the torch or
-    fused-compensation path) checks finiteness and compensates."""
+    fused-compensation path) checks finiteness. Without a staleness policy, float32/float64
+    segments take the fused kernel (:func:`hvd_dc.kernels.dana`: the whole push in one pass,
+    the same bits); otherwise the torch path of :class:`~hvd_dc.async_momentum.DanaState`."""
 
     def __init__(self, state: ServerState, base: _TorchUpdate) -> None:
         self.state = state
         self.base = base
-        self.fused_segments = base.fused_segments
         self.dana = state.dana
         groups = state.optimizer.param_groups
         self._groups = [groups[state._group_index.index(seg.group)] for seg in state.layout.segments]
         self._ahead = [torch.empty(seg.numel, dtype=v.dtype, device=state.device)
                        for seg, v in zip(state.layout.segments, state.dana.total)]
+        fused = isinstance(base, _FusedCompensationUpdate) and not state.policy.active
+        self.fused_segments = [fused and seg.dtype in kernels.FUSED_DTYPES for seg in state.layout.segments]
+        comp = state.compensator
+        self._mean_square = ([comp.mean_square_of(m) for m in range(state.num_workers)] if comp.options.adaptive
+                             else [[None] * len(self.fused_segments)] * state.num_workers)
 
     def all_finite(self, wire_grad: Sequence[torch.Tensor]) -> bool:
         return self.base.all_finite(wire_grad)
@@ -441,6 +447,14 @@ class _DanaUpdate:
               reply: Optional[Sequence[torch.Tensor]]) -> bool:
         s, dana = self.state, self.dana
         hyper = [sgd_hyperparameters(g) for g in self._groups]
+        if all(self.fused_segments):
+            comp, first = s.compensator, not dana.started[worker]
+            for i, (g, w, wb, h) in enumerate(zip(grads, s.weight_segments, s.backup_segments[worker], hyper)):
+                kernels.dana(comp.variant, g, w, wb, self._mean_square[worker][i], dana.velocity[worker][i],
+                             dana.total[i], None if reply is None else reply[i], comp.lambda0, comp.momentum,
+                             comp.eps, h, first)
+            dana.finish_push(worker)
+            return reply is not None
         for i, (w, a, h) in enumerate(zip(s.weight_segments, self._ahead, hyper)):
             dana.lookahead(i, w, h["lr"], h["momentum"], a)
         self.base._compensate(worker, grads, self._ahead)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hvd_dc import checkpoint
+from hvd_dc import kernels as hvd_kernels
 from hvd_dc.async_momentum import reduced_momentum
 from hvd_dc.chunks import ChunkPlan, chunk_spec
 from hvd_dc.dc_math import DCOptions, default_lambda
@@ -53,6 +54,8 @@ def test_dana_replay_bit_matches_the_float32_transcription(kernels, variant, num
     p = torch.nn.Parameter(w0.clone())
     opt = torch.optim.SGD([p], lr=0.05, momentum=0.9, weight_decay=1e-3)
     state = make_state(opt, num_workers, kernels=kernels, variant=variant, dc_lambda=lam, async_momentum="dana")
+    if hvd_kernels.available():  # the fused kernel runs the whole push, or the torch path does
+        assert state.update.fused_segments == [kernels == "fused"]
     ref = DanaFloat32(w0, num_workers, variant, default_lambda(variant))
     for t, (op, m, g) in enumerate(schedule(num_workers, 240, n, seed=11 * num_workers)):
         lr, mu = (0.05, 0.9) if t < 120 else (0.005, 0.8)
@@ -63,6 +66,30 @@ def test_dana_replay_bit_matches_the_float32_transcription(kernels, variant, num
         ref.pull(m)
         assert torch.equal(state.backup_segments[m][0], ref.bak[m]), f"reply to worker {m} differs at op {t}"
     assert torch.equal(state.weight_segments[0], ref.w)
+
+
+@pytest.mark.skipif(not hvd_kernels.available(), reason="the C extension is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", ["none", "adaptive"])
+def test_dana_fused_kernel_gives_the_torch_path_bits_with_every_option(dtype, variant):
+    """maximize, dampening, weight decay, a first push after others, replies with and without
+    a push: the kernel and the torch path agree bit for bit."""
+    n, M = 257, 3
+    w0 = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(21))
+    mk = lambda k: make_state(torch.optim.SGD([torch.nn.Parameter(w0.clone())], lr=0.05, momentum=0.8,  # noqa
+                                              dampening=0.25, weight_decay=1e-2, maximize=True), M, kernels=k,
+                              variant=variant, async_momentum="dana")
+    fused, torch_path = mk("fused"), mk("torch")
+    assert fused.update.fused_segments == [True] and torch_path.update.fused_segments == [False]
+    for t, (op, m, g) in enumerate(schedule(M, 150, n, seed=22)):
+        for st in (fused, torch_path):
+            if op == "push":
+                assert push(st, m, [g.to(dtype)], pull=t % 2 == 0)
+            st.pull(m)
+        assert torch.equal(fused.backups[m], torch_path.backups[m]), f"op {t}"
+    assert torch.equal(fused.weights, torch_path.weights)
+    for a, b in zip(fused.dana.velocity, torch_path.dana.velocity):
+        assert torch.equal(a[0], b[0])
 
 
 @pytest.mark.parametrize("variant,policy", [("none", "none"), ("adaptive", "none"), ("none", "gap_aware"),
