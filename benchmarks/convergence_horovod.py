@@ -33,6 +33,10 @@ redone, so the study resumes after an interruption and can grow over several ses
 * ``pilot``: which rule the lowered-momentum baseline (``async_momentum="reduced"``)
   follows, on validation data, M = 4..32: the additive rule of "asynchrony begets
   momentum" and a mean-delay match, each with and without keeping ``lr / (1 - mu)``.
+* ``select``: every candidate for the momentum default (ASGD, DC-ASGD-a, Gap-Aware, DANA,
+  DANA + DC-ASGD-a, DANA + Gap-Aware, the lowered-momentum baseline) and for plain SGD's
+  (ASGD, DC-ASGD-a, Gap-Aware, DC-ASGD-a + Gap-Aware), M = 4..32, on validation data
+  (tuning seed): the defaults are chosen here, never on the test set.
 * ``semantics``: ``op=hvd.Average`` applying each push as it is (``lr_scaling="per_push"``:
   every push steps ``lr * size()``) or as ``1/size()`` of a Horovod step
   (``"per_step"``: every push steps ``lr``), ASGD and DANA, M = 4..32.
@@ -41,6 +45,10 @@ redone, so the study resumes after an interruption and can grow over several ses
   sequential momentum SGD for reference.
 * ``plain``: the same without momentum (a script with plain SGD): SSGD, ASGD, DC-ASGD-a,
   Gap-Aware, DC-ASGD-a + Gap-Aware.
+* ``variants``: what happens with a Horovod script's other momenta, M = 4..32: SGD with
+  ``nesterov=True`` under the shared momentum (DANA ignores the flag: its look-ahead is
+  Nesterov's already), and Adam (beta1 = 0.9, its lr tuned for sequential Adam like SGD's,
+  times M), whose first moment hvd_dc keeps shared (DANA is SGD's).
 * ``speed``: CPU seconds of one simulator epoch, gradients one push at a time against
   batched (vmap), for the study's choice of ``GRADIENTS``.
 * ``script``: the real system, a Horovod-style script (benchmarks/horovod_fashion.py:
@@ -91,7 +99,8 @@ WORKERS = (4, 8, 16, 32)
 RUN_ORDER = (8, 4, 16, 32)
 #: how the simulator computes gradients in this study (part ``speed`` measured both)
 GRADIENTS = "loop"
-PARTS = ("tune", "plateau", "pilot", "semantics", "main", "plain", "speed", "script", "mpi")
+PARTS = ("tune", "plateau", "pilot", "select", "semantics", "main", "plain", "variants", "speed", "script", "mpi")
+LR_GRID_ADAM = (0.00025, 0.0005, 0.001, 0.002, 0.004)
 SCRIPT = os.path.join(HERE, "horovod_fashion.py")
 SCRIPT_WORKERS = (4, 8)
 SCRIPT_LR = 0.01  # the issue's Horovod-style script: SGD(lr=0.01 * hvd.size(), momentum=0.9)
@@ -114,10 +123,15 @@ METHODS: Dict[str, Tuple[bool, Dict]] = {
     "dana+dc": (False, {"async_momentum": "dana", "variant": "adaptive"}),
     "dana+ga": (False, {"async_momentum": "dana", "staleness_policy": "gap_aware"}),
     "reduced": (False, {"async_momentum": "reduced"}),
+    "asgd-nesterov": (False, {"nesterov": True}),
+    "seq-adam": (False, {"optimizer": "adam"}),
+    "ssgd-adam": (True, {"optimizer": "adam"}),
+    "asgd-adam": (False, {"optimizer": "adam"}),
 }
 LABELS = {"seq": "sequential SGD", "ssgd": "SSGD (Horovod)", "asgd": "ASGD", "dc-a": "DC-ASGD-a",
           "ga": "Gap-Aware", "dc-a+ga": "DC-ASGD-a + Gap-Aware", "dana": "DANA", "dana+dc": "DANA + DC-ASGD-a",
-          "dana+ga": "DANA + Gap-Aware", "reduced": "lowered momentum"}
+          "dana+ga": "DANA + Gap-Aware", "reduced": "lowered momentum", "asgd-nesterov": "ASGD, Nesterov (shared)",
+          "seq-adam": "sequential Adam", "ssgd-adam": "SSGD, Adam", "asgd-adam": "ASGD, Adam (shared beta1)"}
 MAIN_METHODS = ("ssgd", "asgd", "dc-a", "ga", "dana", "dana+dc", "dana+ga", "reduced")
 PLAIN_METHODS = ("ssgd", "asgd", "dc-a", "ga", "dc-a+ga")
 SEMANTICS_METHODS = ("asgd", "dana")
@@ -157,7 +171,7 @@ def server_options(method: str, m: int, mu: float, semantics: str = "per_step"):
     if method.startswith("pilot:"):
         return pilot_options(method.split(":", 1)[1], mu, m)
     synchronous, extra = METHODS[method]
-    scale = 1.0 if synchronous or method == "seq" or semantics == "per_push" else 1.0 / m
+    scale = 1.0 if synchronous or method.startswith("seq") or semantics == "per_push" else 1.0 / m
     return ServerOptions(momentum=mu, lr_scale=scale, **extra)
 
 
@@ -168,8 +182,9 @@ def spec(method: str, m: int, mu: float, lr_seq: float, seed: int, split: str, e
     from hvd_dc.async_momentum import REDUCED_RULE
 
     extra = {"reduced_rule": REDUCED_RULE} if method == "reduced" else {}
-    return {**extra, "study": STUDY, "method": method, "workers": 1 if method == "seq" else m, "momentum": mu,
-            "lr_seq": lr_seq, "lr": round(lr_seq * (1 if method == "seq" else m), 10), "seed": seed,
+    seq = method.startswith("seq")
+    return {**extra, "study": STUDY, "method": method, "workers": 1 if seq else m, "momentum": mu,
+            "lr_seq": lr_seq, "lr": round(lr_seq * (1 if seq else m), 10), "seed": seed,
             "split": split, "epochs": epochs, "semantics": semantics, "pattern": "round_robin",
             "train_on_val": split == "test", "gradients": GRADIENTS, "batch": common.TASKS[TASK].batch}
 
@@ -237,13 +252,14 @@ def final_error(run: Dict) -> float:
     return err if err == err else 100.0
 
 
-def tuned_lr(study: Study, mu: float, run: bool = True) -> Optional[Dict]:
-    """Sequential SGD's lr for momentum ``mu``: the grid point with the lowest mean final
-    validation error over the tuning seeds (the grid extended past a winning edge)."""
-    grid = list(LR_GRID_MOMENTUM if mu else LR_GRID_PLAIN)
+def tuned_lr(study: Study, mu: float, run: bool = True, method: str = "seq") -> Optional[Dict]:
+    """Sequential SGD's (``method="seq-adam"``: Adam's) lr for momentum (beta1) ``mu``: the
+    grid point with the lowest mean final validation error over the tuning seeds (the grid
+    extended past a winning edge)."""
+    grid = list(LR_GRID_ADAM if method == "seq-adam" else LR_GRID_MOMENTUM if mu else LR_GRID_PLAIN)
 
     def score(lr) -> Optional[float]:
-        specs = [spec("seq", 1, mu, lr, s, "val", EPOCHS) for s in TUNE_SEEDS]
+        specs = [spec(method, 1, mu, lr, s, "val", EPOCHS) for s in TUNE_SEEDS]
         runs = study.ensure(specs) if run else [study.get(s) for s in specs]
         if any(r is None for r in runs):
             return None
@@ -269,12 +285,12 @@ def tuned_lr(study: Study, mu: float, run: bool = True) -> Optional[Dict]:
             break
         scores[new] = s
     lrs = sorted(scores)
-    return {"momentum": mu, "grid": lrs, "val_error": [scores[lr] for lr in lrs],
+    return {"method": method, "momentum": mu, "grid": lrs, "val_error": [scores[lr] for lr in lrs],
             "lr": min(lrs, key=lambda lr: scores[lr])}
 
 
-def need_lr(study: Study, mu: float) -> float:
-    t = tuned_lr(study, mu, run=False)
+def need_lr(study: Study, mu: float, method: str = "seq") -> float:
+    t = tuned_lr(study, mu, run=False, method=method)
     if t is None:
         raise SystemExit(f"no tuned lr for momentum {mu} in the run file yet: run --parts tune first")
     return t["lr"]
@@ -302,6 +318,15 @@ def part_pilot(study: Study) -> None:
                  for m in WORKERS for rule in PILOT_RULES)
 
 
+def part_select(study: Study) -> None:
+    lr = need_lr(study, MOMENTUM)
+    study.ensure(spec(meth, m, MOMENTUM, lr, TUNE_SEEDS[0], "val", EPOCHS)
+                 for m in RUN_ORDER for meth in MAIN_METHODS if meth != "ssgd")
+    lr = need_lr(study, 0.0)
+    study.ensure(spec(meth, m, 0.0, lr, TUNE_SEEDS[0], "val", EPOCHS)
+                 for m in RUN_ORDER for meth in PLAIN_METHODS if meth != "ssgd")
+
+
 def part_semantics(study: Study) -> None:
     lr = need_lr(study, MOMENTUM)
     study.ensure(spec(meth, m, MOMENTUM, lr, SEEDS[0], "test", EPOCHS, semantics=sem)
@@ -319,6 +344,19 @@ def part_plain(study: Study) -> None:
     lr = need_lr(study, 0.0)
     specs = [spec("seq", 1, 0.0, lr, s, "test", EPOCHS) for s in SEEDS]
     specs += [spec(meth, m, 0.0, lr, s, "test", EPOCHS) for m in RUN_ORDER for s in SEEDS for meth in PLAIN_METHODS]
+    study.ensure(specs)
+
+
+def part_variants(study: Study) -> None:
+    lr = need_lr(study, MOMENTUM)
+    study.ensure(spec("asgd-nesterov", m, MOMENTUM, lr, s, "test", EPOCHS) for m in RUN_ORDER for s in SEEDS)
+    tuned = tuned_lr(study, MOMENTUM, method="seq-adam")
+    study.log(f"   Adam (beta1 {MOMENTUM}): lr {tuned['lr']:g} (validation error "
+              + ", ".join(f"{lr:g}: {e:.2f}%" for lr, e in zip(tuned["grid"], tuned["val_error"])) + ")")
+    lr = tuned["lr"]
+    specs = [spec("seq-adam", 1, MOMENTUM, lr, s, "test", EPOCHS) for s in SEEDS]
+    specs += [spec(meth, m, MOMENTUM, lr, s, "test", EPOCHS) for m in RUN_ORDER for s in SEEDS
+              for meth in ("ssgd-adam", "asgd-adam")]
     study.ensure(specs)
 
 
@@ -457,10 +495,8 @@ def main(argv=None) -> int:
             else:
                 globals()["part_" + part](study)
         log(f"   this invocation: {time.time() - start:.0f} s wall")
-    try:
-        from benchmarks.convergence_lib import report_horovod
-    except ImportError:
-        return 0
+    from benchmarks.convergence_lib import report_horovod
+
     report_horovod.write_all(args.out, study, sys.modules[__name__])
     return 0
 

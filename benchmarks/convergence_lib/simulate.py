@@ -59,7 +59,8 @@ class ServerOptions:
     """What the simulated parameter server runs: ``DistributedDCOptimizer``'s options
     (``dc_variant``, ``dc_lambda`` (None: the study's value for the variant),
     ``staleness_policy``, ``async_momentum``, the server-side ``lr_scale``) and the
-    wrapped ``torch.optim.SGD``'s ``momentum`` and ``nesterov``."""
+    wrapped optimizer: ``torch.optim.SGD`` with ``momentum`` and ``nesterov``, or
+    (``optimizer="adam"``) ``torch.optim.Adam`` with ``betas=(momentum, 0.999)``."""
 
     variant: str = "none"
     dc_lambda: Optional[float] = None
@@ -68,6 +69,12 @@ class ServerOptions:
     lr_scale: float = 1.0
     momentum: float = 0.0
     nesterov: bool = False
+    optimizer: str = "sgd"
+
+    def make_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(self.momentum, 0.999))
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, nesterov=self.nesterov)
 
     def dc_options(self, dc_momentum: float = common.DC_MOMENTUM) -> DCOptions:
         lam = common.DC_LAMBDA[self.variant] if self.dc_lambda is None or self.variant == "none" else self.dc_lambda
@@ -132,7 +139,7 @@ def run(task: str, workers: int, seed: int, lr: float, epochs: int, options: Ser
     x_ev, y_ev = (x_va, y_va) if split == "val" else (x_te, y_te)
     model = common.make_model(task, seed)
     params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=options.momentum, nesterov=options.nesterov)
+    opt = options.make_optimizer(params, lr)
     state = make_server_state(opt, 1 if synchronous else workers, options)
     evaluate_after = set(range(1, epochs + 1)) if eval_epochs is None else set(eval_epochs) | {epochs}
     layout = state.layout
