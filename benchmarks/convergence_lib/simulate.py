@@ -9,7 +9,10 @@ simulated worker ``m`` owns the weights it last pulled, which *are* the server's
 writes it). One push:
 
 1. pick the worker ``m`` (round robin ``0, 1, ..., M-1, 0, ...``: staleness ``M-1`` in
-   steady state, or uniformly at random: ``pattern="random"``);
+   steady state, or uniformly at random: ``pattern="random"``). :func:`run` continues the
+   round robin across epochs; the earlier studies' :func:`simulate` restarts it at worker 0
+   each epoch (kept so that their runs reproduce), which gives the workers skipped at an
+   epoch's end one push of staleness up to ``2M - 2``;
 2. compute the gradient of the next minibatch on ``w_bak(m)``;
 3. ``ServerState.apply_push(m, g, hyper)`` (Algorithm 2, then the optimizer step) and
    ``ServerState.pull(m)`` (``w_bak(m) <-`` the weights the server sends), as a real
@@ -108,14 +111,14 @@ def simulate(task: str, method: str, m: int, seed: int, lr: float, epochs: int, 
         options = ServerOptions(common.VARIANT[method], dc_lambda, common.policy_of(method), momentum=momentum)
     workers = 1 if method == "sgd" else m
     return run(task, workers, seed, lr, epochs, options, synchronous=method == "ssgd", pattern=pattern,
-               split=split, eval_epochs=eval_epochs)
+               split=split, eval_epochs=eval_epochs, round_robin_across_epochs=False)
 
 
 def run(task: str, workers: int, seed: int, lr: float, epochs: int, options: ServerOptions,
         synchronous: bool = False, pattern: str = "round_robin", split: str = "test",
         eval_epochs: Optional[Sequence[int]] = None, gradients: str = "loop",
         lr_at: Callable[[float, int, int], float] = common.lr_at, train_on_val: bool = False,
-        batch: Optional[int] = None) -> Dict:
+        batch: Optional[int] = None, round_robin_across_epochs: bool = True) -> Dict:
     """Train one run; return per-epoch curves and the server's staleness summary.
 
     ``workers``: M (1: sequential). ``synchronous``: SSGD (M gradients on the same weights,
@@ -125,6 +128,7 @@ def run(task: str, workers: int, seed: int, lr: float, epochs: int, options: Ser
     (the worker's lr; the server applies ``options.lr_scale`` times it). ``train_on_val``:
     train on the training and validation images together (final runs, once tuning is
     done). ``batch``: per-worker minibatch (default: the task's).
+    ``round_robin_across_epochs=False``: the earlier studies' order (see the module docstring).
     """
     if gradients not in ("loop", "batched"):
         raise ValueError(f"gradients must be 'loop' or 'batched'; got {gradients!r}")
@@ -167,7 +171,9 @@ def run(task: str, workers: int, seed: int, lr: float, epochs: int, options: Ser
                 state.apply_push(0, wire_segments, hyper)
                 state.pull(0)  # every worker receives the new weights (staleness 0)
         else:
-            order = [t % workers if pattern == "round_robin" else rng.randrange(workers) for t in range(len(batches))]
+            first = epoch * len(batches) if round_robin_across_epochs else 0
+            order = [(first + t) % workers if pattern == "round_robin" else rng.randrange(workers)
+                     for t in range(len(batches))]
             for group in grads.groups(order):
                 results = grads.at([backup_params[order[t]] for t in group], [batches[t] for t in group])
                 for t, (loss, g) in zip(group, results):
