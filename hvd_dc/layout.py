@@ -323,6 +323,10 @@ def diff_specs(reference: ModelSpec, other: ModelSpec, other_rank: int) -> Optio
     mine, theirs = a.agreed_options(), b.agreed_options()
     for field, value in mine.items():
         if theirs[field] != value:
+            if field == "lr_scale":  # not a keyword: op and lr_scaling make it
+                return (f"the server-side lr scale (from DistributedOptimizer's op and lr_scaling) is {value!r} on "
+                        f"worker 0 but {theirs[field]!r} on worker {other_rank}: every worker must pass the same op "
+                        "and lr_scaling")
             return f"{field} is {value!r} on worker 0 but {theirs[field]!r} on worker {other_rank}"
     if len(a.params) != len(b.params):
         names_a = {p.name for p in a.params}

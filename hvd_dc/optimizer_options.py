@@ -52,7 +52,7 @@ import torch
 from .collectives import Adasum, Average, ReduceOp, Sum, _check_process_set, allgather_object
 from .dc_math import ASYNC_MOMENTUM
 
-__all__ = ["HorovodOptions", "LR_SCALINGS", "check", "apply", "resolve_async_momentum", "lr_scale"]
+__all__ = ["HorovodOptions", "LR_SCALINGS", "check", "agree", "apply", "resolve_async_momentum", "lr_scale"]
 
 #: Accepted values of ``lr_scaling`` (besides ``"auto"``).
 LR_SCALINGS = ("per_step", "per_push")
@@ -131,11 +131,10 @@ def check(op: Any, gradient_predivide_factor: Any, num_groups: Any, groups: Any,
     return HorovodOptions(op, float(gradient_predivide_factor), lr_scaling)
 
 
-def apply(optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], options: HorovodOptions,
-          num_workers: int) -> None:
-    """After registration: check every worker passed the same ``op`` (a collective among
-    the workers; a difference is the same ValueError on each), then, for ``Sum``, scale
-    each gradient by ``size()`` as backward produces it (``lr_scaling="per_push"``)."""
+def agree(options: HorovodOptions) -> None:
+    """Before registration: check every worker passed the same ``op``,
+    ``gradient_predivide_factor`` and ``lr_scaling`` (a collective among the workers; a
+    difference is the same ValueError on each, and the job goes on, as in Horovod)."""
     mine = (options.op.value, options.gradient_predivide_factor, options.lr_scaling)
     everyone = allgather_object(mine, name="DistributedOptimizer.op")
     for r, theirs in enumerate(everyone):
@@ -143,6 +142,12 @@ def apply(optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], op
             raise ValueError(f"hvd_dc: the workers passed different DistributedOptimizer op/gradient_predivide_factor/"
                              f"lr_scaling:"
                              f" worker 0 passed {tuple(everyone[0])}, worker {r} passed {tuple(theirs)}")
+
+
+def apply(optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], options: HorovodOptions,
+          num_workers: int) -> None:
+    """After registration, for ``Sum`` under ``lr_scaling="per_push"``: scale each gradient
+    by ``size()`` as backward produces it."""
     if options.op == Sum and num_workers > 1 and options.lr_scaling == "per_push":
         factor = float(num_workers)
         handles = [p.register_hook(lambda g, k=factor: g * k) for p in params]

@@ -174,6 +174,7 @@ def DistributedDCOptimizer(
     if ctx.role == "solo":
         _attach_solo(optimizer)
         return optimizer
+    optimizer_options.agree(hvd_options)
     spec = ModelSpec.from_optimizer(
         optimizer, ctx.num_workers, params=params, names=names, dc=dc, compression=comp,
         checkpoint_path=None if checkpoint_path is None else os.path.abspath(checkpoint_path),

@@ -600,23 +600,28 @@ def optimizer_keywords(r, n):
 
 @case
 def optimizer_op_sum(r, n):
-    """op=Sum pushes size() times the gradient; Average pushes it as it is."""
+    """lr_scaling="per_step" (default): a push is 1/size() of a Horovod step, so Average is
+    applied with lr / size() and Sum with lr, the gradient as it is; "per_push": Average
+    applies lr, Sum pushes size() times the gradient."""
     results = {}
-    for op in (hvd.Average, hvd.Sum):
-        model = torch.nn.Linear(2, 1, bias=False)
-        torch.nn.init.zeros_(model.weight)
-        opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), model.named_parameters(),
-                                       op=op, dc_variant="none")
-        model(torch.tensor([[1.0, 2.0]])).sum().backward()
-        results[op.value] = model.weight.grad.tolist()
-        hvd.barrier()
-        if r == 0:
-            opt.step()
-        hvd.barrier()
-        opt.pull()
-        results[op.value + "_w"] = model.weight.tolist()
-    assert results["average"] == [[1.0, 2.0]] and results["sum"] == [[1.0 * n, 2.0 * n]]
-    assert results["average_w"] == [[-1.0, -2.0]] and results["sum_w"] == [[-1.0 * n, -2.0 * n]]
+    for scaling in ("per_step", "per_push"):
+        for op in (hvd.Average, hvd.Sum):
+            model = torch.nn.Linear(2, 1, bias=False)
+            torch.nn.init.zeros_(model.weight)
+            opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), model.named_parameters(),
+                                           op=op, dc_variant="none", lr_scaling=scaling)
+            model(torch.tensor([[1.0, 2.0]])).sum().backward()
+            results[f"{scaling}_{op.value}"] = model.weight.grad.tolist()
+            hvd.barrier()
+            if r == 0:
+                opt.step()
+            hvd.barrier()
+            opt.pull()
+            results[f"{scaling}_{op.value}_w"] = model.weight.tolist()
+    assert results["per_step_average"] == [[1.0, 2.0]] and results["per_step_sum"] == [[1.0, 2.0]]
+    assert results["per_step_average_w"] == [[-1.0 / n, -2.0 / n]] and results["per_step_sum_w"] == [[-1.0, -2.0]]
+    assert results["per_push_average"] == [[1.0, 2.0]] and results["per_push_sum"] == [[1.0 * n, 2.0 * n]]
+    assert results["per_push_average_w"] == [[-1.0, -2.0]] and results["per_push_sum_w"] == [[-1.0 * n, -2.0 * n]]
     return results
 
 
@@ -625,7 +630,7 @@ def optimizer_op_mismatch(r, n):
     model, opt = _sgd_model()
     msg, _ = raises(lambda: hvd.DistributedOptimizer(opt, model.named_parameters(),
                                                      op=hvd.Sum if r == 0 else hvd.Average), ValueError)
-    assert "different" in msg
+    assert "different" in msg, msg
     return {"message": msg}
 
 
@@ -634,7 +639,7 @@ def checkpoint_after_wrap(r, n):
     """Horovod's imagenet example: wrap, load a checkpoint into the model on rank 0, then
     broadcast_parameters. The server takes the broadcast weights (they used to be replaced
     by its initial weights at the first step())."""
-    model, opt = _sgd_model(lr=0.5)
+    model, opt = _sgd_model(lr=0.5 * n)  # Horovod's lr * size(): each push is applied with 0.5
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), dc_variant="none")
     torch.manual_seed(99)
     ckpt = {k: torch.randn_like(v) for k, v in model.state_dict().items()}

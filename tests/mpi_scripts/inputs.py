@@ -1,5 +1,6 @@
 """Unusual but valid inputs: sparse gradients, a parameter that gets no gradient, and the
-nonfinite='raise' policy. lambda = 0 and lr = 1 make the expected weights exact."""
+nonfinite='raise' policy. lambda = 0 and a per-push lr of 1 (Horovod's lr * size(), applied / size() per
+push) make the expected weights exact."""
 
 import torch
 
@@ -14,7 +15,7 @@ unused = torch.nn.Parameter(torch.ones(4))
 with torch.no_grad():
     emb.weight.copy_(torch.arange(30, dtype=torch.float32).reshape(10, 3))
 named = [("emb.weight", emb.weight), ("unused", unused)]
-opt = hvd.DistributedDCOptimizer(torch.optim.SGD([emb.weight, unused], lr=1.0), named_parameters=named,
+opt = hvd.DistributedDCOptimizer(torch.optim.SGD([emb.weight, unused], lr=float(n)), named_parameters=named,
                                  dc_variant="constant", dc_lambda=0.0, nonfinite="raise")
 steps = 6
 for s in range(steps):

@@ -1,6 +1,7 @@
 """Training that can be killed and restarted from the server's checkpoint.
 
---mode conserve: integer gradients, lambda = 0, lr = 1; the final weights must equal
+--mode conserve: integer gradients, lambda = 0, a per-push lr of 1 (Horovod's lr * size(),
+  applied / size() per push); the final weights must equal
   w0 - (sum of every gradient of every step of every worker): each step's push applied
   exactly once over the job's lives, however many times it was killed and restarted.
 --mode trajectory: a small MLP on deterministic batches with DC-ASGD-a and momentum; the
@@ -44,7 +45,7 @@ if args.mode == "conserve":
     named = [("w", w)]
     if args.extra:
         named.append(("v", torch.nn.Parameter(torch.zeros(args.extra))))
-    opt = torch.optim.SGD([t for _, t in named], lr=1.0)
+    opt = torch.optim.SGD([t for _, t in named], lr=float(n))  # (n * (1/n)) == 1.0 exactly for n < 49
     dc = dict(dc_variant="adaptive", dc_lambda=0.0)
 else:
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ hvd.init()
 me, n = hvd.rank(), hvd.size()
 base = torch.arange(args.size, dtype=torch.float32)
 w = torch.nn.Parameter(base.clone())
-opt = hvd.DistributedDCOptimizer(torch.optim.SGD([w], lr=1.0), named_parameters=[("w", w)], dc_variant="adaptive",
+opt = hvd.DistributedDCOptimizer(torch.optim.SGD([w], lr=float(n)), named_parameters=[("w", w)], dc_variant="adaptive",
                                  dc_lambda=0.0)
 rng = random.Random(me)
 
