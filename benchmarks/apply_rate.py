@@ -12,6 +12,11 @@ Bytes the update must touch (reads + writes, counted the same way for memcpy):
 * apply+pull: + read w, write the reply slot (= w_bak)                       = 32 n bytes
 * memcpy of B bytes: read B, write B                                         =  2 B bytes
 
+The default for ``SGD(momentum=...)`` since the Horovod-hyperparameters study is DANA
+(``async_momentum="dana"``): ``hvd_dc_dana`` times it (DC-ASGD-a, momentum 0.9, two workers),
+counting its own bytes: apply reads g, w, w_bak, MeanSquare, v, S and writes MeanSquare, v,
+S, w = 40 n; apply+pull also writes the reply (the look-ahead) in the same pass = 44 n.
+
 Baselines on the same data, same formula and evaluation order:
 
 * naive: the model as 1,000 parameters of n/1000 elements, updated one at a time with
@@ -24,7 +29,6 @@ Run: ``python benchmarks/apply_rate.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -60,25 +64,22 @@ class ServerApply:
     kernels it would choose (the fused C kernels when they are built)."""
 
     KERNELS = "fused"
+    #: bytes touched per element: apply, apply + pull (module docstring)
+    BYTES = (24, 32)
 
     def __init__(self, n: int) -> None:
-        p = torch.nn.Parameter(torch.zeros(n))
-        opt = torch.optim.SGD([p], lr=LR)
-        saved = os.environ.get("HVD_DC_KERNELS")
-        os.environ["HVD_DC_KERNELS"] = self.KERNELS  # read once, when the state is built
-        try:
-            self.state = make_state(opt, 1, variant="adaptive", dc_lambda=LAMBDA0, dc_momentum=MOMENTUM, dc_eps=EPS)
-        finally:
-            if saved is None:
-                del os.environ["HVD_DC_KERNELS"]
-            else:
-                os.environ["HVD_DC_KERNELS"] = saved
+        self.state = self._make(n)
         layout = self.state.layout
         self.wire = torch.zeros(layout.wire_nbytes, dtype=torch.uint8)
         self.segs = layout.segment_views(self.wire, wire=True)  # built once, reused
         self.segs[0].copy_(_grad(n, 1))
         self.hyper = [0.0] * len(self.state.spec.hyper_slots)
         read_hyperparameters(self.state.spec.groups, self.state.spec.hyper_slots, self.hyper)
+
+    def _make(self, n: int):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(n))], lr=LR)
+        return make_state(opt, 1, kernels=self.KERNELS, variant="adaptive", dc_lambda=LAMBDA0,
+                          dc_momentum=MOMENTUM, dc_eps=EPS)
 
     def apply(self) -> None:
         ok, _ = self.state.apply_push(0, self.segs, self.hyper)
@@ -110,6 +111,23 @@ class ServerApplyTorch(ServerApply):
     """The same, with HVD_DC_KERNELS=torch: the fallback path when no compiler is there."""
 
     KERNELS = "torch"
+
+
+class ServerApplyDana(ServerApply):
+    """DC-ASGD-a with SGD momentum 0.9 run as DANA (one momentum per worker, look-ahead
+    replies; :mod:`hvd_dc.async_momentum`), two workers: the default for momentum SGD."""
+
+    BYTES = (40, 44)
+
+    def _make(self, n: int):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(n))], lr=LR, momentum=0.9)
+        return make_state(opt, 2, kernels=self.KERNELS, variant="adaptive", dc_lambda=LAMBDA0,
+                          dc_momentum=MOMENTUM, dc_eps=EPS, async_momentum="dana")
+
+    def describe(self) -> str:
+        fused = all(self.state.update.fused_segments)
+        return ("fused C kernel (hvd_dc._kernels.dana): one pass for the look-ahead, the compensation, v, S, w "
+                "and the reply" if fused else "torch path of DanaState")
 
 
 class PieceBaseline:
@@ -159,7 +177,10 @@ class Foreach(PieceBaseline):
         torch._foreach_copy_(self.wb, self.w)
 
 
-IMPLS = {"hvd_dc": ServerApply, "hvd_dc_torch_path": ServerApplyTorch, "naive_loop": NaiveLoop, "foreach": Foreach}
+IMPLS = {"hvd_dc": ServerApply, "hvd_dc_torch_path": ServerApplyTorch, "naive_loop": NaiveLoop, "foreach": Foreach,
+         "hvd_dc_dana": ServerApplyDana}
+#: the implementations of the same update (DANA's is another one)
+SAME_UPDATE = ("hvd_dc", "hvd_dc_torch_path", "naive_loop", "foreach")
 
 
 def cross_check(n: int = 20_000) -> float:
@@ -167,8 +188,8 @@ def cross_check(n: int = 20_000) -> float:
     max |difference| of the weights. Two applies between pulls make w != w_bak, so the
     compensation term is exercised (right after a pull it is zero with one worker)."""
     outs = {}
-    for name, cls in IMPLS.items():
-        impl = cls(n)
+    for name in SAME_UPDATE:
+        impl = IMPLS[name](n)
         for op in ("apply", "apply", "pull", "apply", "apply", "apply"):
             getattr(impl, op)()
         outs[name] = impl.weights().double()
@@ -219,12 +240,13 @@ def measure(n: int, repeats: int) -> dict:
            "hvd_dc_implementation": impls["hvd_dc"].describe()}
     for name in impls:
         ta, tb = statistics.median(t_apply[name]), statistics.median(t_both[name])
+        b_apply, b_both = getattr(IMPLS[name], "BYTES", ServerApply.BYTES)
         row[name] = {
             "apply_s": ta,
             "apply_pull_s": tb,
             "updates_per_s": 1.0 / tb,
-            "apply_GBps": 24 * n / ta / 1e9,
-            "apply_pull_GBps": 32 * n / tb / 1e9,
+            "apply_GBps": b_apply * n / ta / 1e9,
+            "apply_pull_GBps": b_both * n / tb / 1e9,
         }
         row[name]["apply_vs_memcpy"] = row[name]["apply_GBps"] / row["memcpy_GBps"]
         row[name]["apply_pull_vs_memcpy"] = row[name]["apply_pull_GBps"] / row["memcpy_GBps"]
@@ -241,8 +263,8 @@ def main() -> None:
         repeats = 5 if args.quick else max(5, min(30, int(3e8 // (n * 4 * 10))))
         rows.append(measure(n, repeats))
         print(f"n={n:,}: done", flush=True)
-    headers = ["params", "memcpy GB/s", "impl", "updates/s", "apply GB/s (24n)", "apply / memcpy",
-               "apply+pull GB/s (32n)", "apply+pull / memcpy"]
+    headers = ["params", "memcpy GB/s", "impl", "updates/s", "apply GB/s", "apply / memcpy",
+               "apply+pull GB/s", "apply+pull / memcpy"]
     table = []
     for r in rows:
         for name in IMPLS:
@@ -256,7 +278,7 @@ def main() -> None:
     common.write_json(args.out, "apply_rate", {
         "quick": args.quick,
         "threads": torch.get_num_threads(),
-        "bytes_model": {"apply": "24n", "apply_pull": "32n", "memcpy": "2 x buffer bytes"},
+        "bytes_model": {"apply": "24n (DANA: 40n)", "apply_pull": "32n (DANA: 44n)", "memcpy": "2 x buffer bytes"},
         "target": {"apply_vs_memcpy": 0.5},
         "cross_check_max_abs_diff": diff,
         "rows": rows,

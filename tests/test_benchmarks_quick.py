@@ -32,7 +32,7 @@ def test_apply_rate(tmp_path):
     assert d["rows"]
     for row in d["rows"]:
         assert positive(row["memcpy_GBps"])
-        for impl in ("hvd_dc", "hvd_dc_torch_path", "naive_loop", "foreach"):
+        for impl in ("hvd_dc", "hvd_dc_torch_path", "naive_loop", "foreach", "hvd_dc_dana"):
             for k in ("apply_s", "apply_pull_s", "updates_per_s", "apply_vs_memcpy", "apply_pull_vs_memcpy"):
                 assert positive(row[impl][k]), (impl, k)
     assert d["cross_check_max_abs_diff"] >= 0
