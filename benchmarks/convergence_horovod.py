@@ -34,15 +34,15 @@ redone, so the study resumes after an interruption and can grow over several ses
   follows, on validation data, M = 4..32: the additive rule of "asynchrony begets
   momentum" and a mean-delay match, each with and without keeping ``lr / (1 - mu)``.
 * ``select``: every candidate for the momentum default (ASGD, DC-ASGD-a, Gap-Aware, DANA,
-  DANA + DC-ASGD-a, DANA + Gap-Aware, the lowered-momentum baseline) and for plain SGD's
+  DANA + DC-ASGD-a, DANA + Gap-Aware, DANA + both, the lowered-momentum baseline) and for plain SGD's
   (ASGD, DC-ASGD-a, Gap-Aware, DC-ASGD-a + Gap-Aware), M = 4..32, on validation data
   (tuning seed): the defaults are chosen here, never on the test set.
 * ``semantics``: ``op=hvd.Average`` applying each push as it is (``lr_scaling="per_push"``:
   every push steps ``lr * size()``) or as ``1/size()`` of a Horovod step
   (``"per_step"``: every push steps ``lr``), ASGD and DANA, M = 4..32.
 * ``main``: momentum 0.9, M = 4, 8, 16, 32, seeds 0, 1, 2, test: SSGD, ASGD, DC-ASGD-a,
-  Gap-Aware, DANA, DANA + DC-ASGD-a, DANA + Gap-Aware, the lowered-momentum baseline;
-  sequential momentum SGD for reference.
+  Gap-Aware, DANA, DANA + DC-ASGD-a, DANA + Gap-Aware, DANA + DC-ASGD-a + Gap-Aware, the
+  lowered-momentum baseline; sequential momentum SGD for reference.
 * ``plain``: the same without momentum (a script with plain SGD): SSGD, ASGD, DC-ASGD-a,
   Gap-Aware, DC-ASGD-a + Gap-Aware.
 * ``variants``: what happens with a Horovod script's other momenta, M = 4..32: SGD with
@@ -122,6 +122,7 @@ METHODS: Dict[str, Tuple[bool, Dict]] = {
     "dana": (False, {"async_momentum": "dana"}),
     "dana+dc": (False, {"async_momentum": "dana", "variant": "adaptive"}),
     "dana+ga": (False, {"async_momentum": "dana", "staleness_policy": "gap_aware"}),
+    "dana+dc+ga": (False, {"async_momentum": "dana", "variant": "adaptive", "staleness_policy": "gap_aware"}),
     "reduced": (False, {"async_momentum": "reduced"}),
     "asgd-nesterov": (False, {"nesterov": True}),
     "seq-adam": (False, {"optimizer": "adam"}),
@@ -130,9 +131,9 @@ METHODS: Dict[str, Tuple[bool, Dict]] = {
 }
 LABELS = {"seq": "sequential SGD", "ssgd": "SSGD (Horovod)", "asgd": "ASGD", "dc-a": "DC-ASGD-a",
           "ga": "Gap-Aware", "dc-a+ga": "DC-ASGD-a + Gap-Aware", "dana": "DANA", "dana+dc": "DANA + DC-ASGD-a",
-          "dana+ga": "DANA + Gap-Aware", "reduced": "lowered momentum", "asgd-nesterov": "ASGD, Nesterov (shared)",
+          "dana+ga": "DANA + Gap-Aware", "dana+dc+ga": "DANA + DC-ASGD-a + Gap-Aware", "reduced": "lowered momentum", "asgd-nesterov": "ASGD, Nesterov (shared)",
           "seq-adam": "sequential Adam", "ssgd-adam": "SSGD, Adam", "asgd-adam": "ASGD, Adam (shared beta1)"}
-MAIN_METHODS = ("ssgd", "asgd", "dc-a", "ga", "dana", "dana+dc", "dana+ga", "reduced")
+MAIN_METHODS = ("ssgd", "asgd", "dc-a", "ga", "dana", "dana+dc", "dana+ga", "dana+dc+ga", "reduced")
 PLAIN_METHODS = ("ssgd", "asgd", "dc-a", "ga", "dc-a+ga")
 SEMANTICS_METHODS = ("asgd", "dana")
 #: the lowered-momentum rules the pilot compares (see pilot_options)
@@ -149,7 +150,7 @@ def delay_matched_momentum(mu: float, m: int) -> float:
     """The explicit momentum whose mean delay, added to the staleness M - 1, gives the mean
     delay mu / (1 - mu) of sequential momentum: mu_e / (1 - mu_e) = mu / (1 - mu) - (M - 1)."""
     d = mu / (1.0 - mu) - (m - 1)
-    return max(0.0, d / (1.0 + d))
+    return d / (1.0 + d) if d > 0 else 0.0
 
 
 def pilot_options(rule: str, mu: float, m: int):
