@@ -1,6 +1,9 @@
 """A small real model learns: an MLP on scikit-learn's bundled digits data."""
 
+import os
+
 import torch
+from mpi4py import MPI
 from sklearn.datasets import load_digits
 
 import hvd_dc as hvd
@@ -49,5 +52,7 @@ for epoch in range(args.epochs):
 hvd.barrier()
 opt.pull()
 loss1, acc1 = test_loss_acc()
-write_result(args.out, hvd.rank(), loss0=loss0, acc0=acc0, loss1=loss1, acc1=acc1, stats=opt.stats())
+# the launcher's view beside MPI's, so a test can check which task became which rank
+write_result(args.out, hvd.rank(), loss0=loss0, acc0=acc0, loss1=loss1, acc1=acc1, stats=opt.stats(),
+             world_rank=MPI.COMM_WORLD.Get_rank(), slurm_procid=os.environ.get("SLURM_PROCID"))
 hvd.shutdown()
