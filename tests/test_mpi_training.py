@@ -9,6 +9,7 @@ import pytest
 from mpi_run import SCRIPTS, run_mpi
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "workers, variant, optimizer",
     [(2, "adaptive", "sgd"), (4, "adaptive", "sgd"), (2, "constant", "sgd"), (2, "adaptive", "adam")],
@@ -26,6 +27,7 @@ def test_digits_mlp_learns(tmp_path, workers, variant, optimizer):
     assert len({round(r["loss1"], 6) for r in results.values()}) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["gap_aware", "staleness_lr"])
 def test_digits_mlp_learns_with_a_staleness_policy(tmp_path, policy):
     """DC-ASGD-a combined with a staleness policy still trains the real model."""
@@ -37,6 +39,7 @@ def test_digits_mlp_learns_with_a_staleness_policy(tmp_path, policy):
         assert r["loss1"] < 0.5 * r["loss0"]
 
 
+@pytest.mark.slow
 def test_pull_fetches_weights_without_pushing(tmp_path):
     res = run_mpi(4, "pull.py", out_dir=tmp_path).check()
     results = res.results()
