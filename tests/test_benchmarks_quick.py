@@ -27,6 +27,7 @@ def run(name, tmp_path, timeout=400, extra=()):
     return d, r.stdout
 
 
+@pytest.mark.slow
 def test_apply_rate(tmp_path):
     d, _ = run("apply_rate", tmp_path)
     assert d["rows"]
@@ -38,6 +39,7 @@ def test_apply_rate(tmp_path):
     assert d["cross_check_max_abs_diff"] >= 0
 
 
+@pytest.mark.slow
 def test_transport(tmp_path):
     d, _ = run("transport", tmp_path)
     for row in d["rows"]:
@@ -45,6 +47,7 @@ def test_transport(tmp_path):
             assert positive(row[k]), k
 
 
+@pytest.mark.slow
 def test_scaling(tmp_path):
     d, _ = run("scaling", tmp_path)
     assert [r["workers"] for r in d["rows"]] == [1, 2]
@@ -63,6 +66,7 @@ def _check_peers(rows, out, key):
     return systems
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_stragglers(tmp_path):
     d, out = run("stragglers", tmp_path, timeout=850)
@@ -74,12 +78,14 @@ def test_stragglers(tmp_path):
             assert len(r["tta_s"]) == d["repeats"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_synthetic(tmp_path):
     d, out = run("synthetic", tmp_path)
     _check_peers(d["rows"], out, "images_per_s")
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     """The GPU benchmark's code paths, run on the CPU; its figures say nothing about GPUs."""
     d, out = run("gpu", tmp_path, extra=["--device", "cpu"])
@@ -106,6 +112,7 @@ def test_gpu_script_refuses_without_cuda(tmp_path):
     assert r.returncode == 2 and "no CUDA device here" in r.stderr and "nothing measured" in r.stderr
 
 
+@pytest.mark.slow
 def test_scale_out_parts_that_fit_ci(tmp_path):
     d, _ = run("scale_out", tmp_path, extra=("--only", "exposed,apply"))
     assert [r["overlap"] for r in d["exposed"]["rows"]] == ["off", "on"]

@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "convergence_fashion.py"
+pytestmark = pytest.mark.slow  # a study end to end: the full suite runs it
 
 
 def test_fashion_quick_study(tmp_path):

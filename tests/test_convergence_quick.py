@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "convergence.py"
+pytestmark = pytest.mark.slow  # a study end to end: the full suite runs it
 
 
 def test_convergence_quick_pipeline(tmp_path):

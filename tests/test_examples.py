@@ -4,6 +4,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from mpi_run import mpiexec, run_mpi
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_digits.py"
@@ -18,6 +20,7 @@ def test_quick_start_example_trains(tmp_path):
     assert accs[-1] > 0.8, res.stdout
 
 
+@pytest.mark.slow
 def test_synthetic_benchmark_runs(tmp_path):
     bench = EXAMPLE.parent / "pytorch_synthetic_benchmark.py"
     res = run_mpi(3, "", out_dir=tmp_path, timeout=180,
@@ -29,6 +32,7 @@ def test_synthetic_benchmark_runs(tmp_path):
     assert "mean staleness" in res.stdout
 
 
+@pytest.mark.slow
 def test_mnist_example_through_run(tmp_path):
     """The MNIST-shaped example (Horovod's pytorch_mnist.py calls) trains through
     hvd.run(train, args=(args,), np=2) from a plain Python process: the harness launches

@@ -35,6 +35,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_horovod_behaviour(case, tmp_path):
     res = run_mpi(3, "horovod_cases.py", "--case", case, out_dir=tmp_path, timeout=120, env=ENV.get(case))

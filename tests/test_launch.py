@@ -148,6 +148,12 @@ def test_launch_templates_are_valid_shell():
         assert res.returncode == 0, f"{f.name}: {res.stderr}"
 
 
+def test_sbatch_template_without_a_program_says_so():
+    # run as a plain script: it must stop before srun, so no Slurm is needed here
+    res = subprocess.run(["bash", str(ROOT / "launch" / "hvd_dc.sbatch")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "no program given" in res.stderr, res.stderr
+
+
 def test_hvd_dc_run_launches_a_real_job(tmp_path):
     """hvd-dc-run under this environment's MPI (MPICH or Open MPI) runs the digits example."""
     from mpi_run import run_mpi

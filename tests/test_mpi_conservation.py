@@ -16,6 +16,7 @@ def _check_conserved(res, workers):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 4])
 @pytest.mark.parametrize("variant", ["none", "constant", "adaptive"])
 def test_conservation(tmp_path, workers, variant):
@@ -25,12 +26,14 @@ def test_conservation(tmp_path, workers, variant):
     assert len({r["steps"] for r in results.values()}) == workers
 
 
+@pytest.mark.slow
 def test_conservation_mixed_dtypes_and_fp16_wire(tmp_path):
     res = run_mpi(3, "conservation.py", "--variant", "adaptive", "--compression", "fp16",
                   "--dtypes", "float32,float64,bfloat16,float16", out_dir=tmp_path).check()
     _check_conserved(res, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_lr_a_worker_holds_when_pushing_is_applied(tmp_path, order):
     """LambdaLR cycles lr through 1, 1/2, 1/4 on each worker independently; conservation
@@ -50,6 +53,7 @@ def test_nonfinite_gradients_are_rejected_counted_and_the_model_stays_finite(tmp
     assert "rejected a gradient with NaN/Inf from worker 0" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["staleness_lr", "delay_adaptive"])
 def test_conservation_with_a_staleness_policy(tmp_path, policy):
     """Every accepted push is applied once, scaled by its policy's factor of the staleness the

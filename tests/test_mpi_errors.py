@@ -5,6 +5,7 @@ import pytest
 from mpi_run import run_mpi
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, message",
     [

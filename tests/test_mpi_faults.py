@@ -11,6 +11,7 @@ import torch
 from mpi_run import SCRIPTS, run_mpi
 
 
+@pytest.mark.slow
 def test_server_that_stops_answering_is_named_and_the_job_ends(tmp_path):
     res = run_mpi(4, "faults.py", "--mode", "stall", out_dir=tmp_path, timeout=90,
                   env={"HVD_DC_TIMEOUT": "4", "HVD_DC_FAULT": "stall_server:5"})
@@ -22,6 +23,7 @@ def test_server_that_stops_answering_is_named_and_the_job_ends(tmp_path):
     assert "stopped answering; ending the job" in res.stderr
 
 
+@pytest.mark.slow
 def test_worker_that_never_pushes_does_not_hold_up_the_others(tmp_path):
     res = run_mpi(4, "faults.py", "--mode", "idle", out_dir=tmp_path).check()
     results = res.results()
@@ -39,6 +41,7 @@ def test_hung_worker_is_named_checkpointed_and_the_job_ends(tmp_path):
     assert torch.load(ck, weights_only=True)["accepted"] == [20, 20, 0]
 
 
+@pytest.mark.slow
 def test_sparse_gradients_unused_parameters_and_nonfinite_raise(tmp_path):
     res = run_mpi(3, "inputs.py", out_dir=tmp_path).check()
     for r in res.results().values():
@@ -48,6 +51,7 @@ def test_sparse_gradients_unused_parameters_and_nonfinite_raise(tmp_path):
         assert r["model_unchanged_after_raise"]
 
 
+@pytest.mark.slow
 def test_world_of_two_has_one_worker(tmp_path):
     res = run_mpi(2, "conservation.py", "--variant", "adaptive", out_dir=tmp_path).check()
     r = res.results()[0]

@@ -5,6 +5,7 @@ write), checks that it ended instead of hanging, restarts the same command, and 
 that every step's push was applied exactly once over the job's lives (or, with one
 worker, that the resumed trajectory is bit-identical to an uninterrupted one)."""
 
+import pytest
 import torch
 
 from mpi_run import run_mpi
@@ -33,6 +34,7 @@ def test_server_killed_mid_update_job_ends_and_resumes_exactly(tmp_path):
     _assert_resumed_and_conserved(_run(tmp_path, 3, name="restart"), 3)
 
 
+@pytest.mark.slow
 def test_worker_sigkilled_job_ends_and_resumes_exactly(tmp_path):
     crashed = _run(tmp_path, 3, "--die-at", "25", "--sleep", "0.01")
     assert crashed.returncode != 0
@@ -40,6 +42,7 @@ def test_worker_sigkilled_job_ends_and_resumes_exactly(tmp_path):
     _assert_resumed_and_conserved(_run(tmp_path, 3, name="restart"), 3)
 
 
+@pytest.mark.slow
 def test_crash_mid_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     crashed = _run(tmp_path, 2, env={"HVD_DC_FAULT": "kill_server_mid_checkpoint:2"})
     assert crashed.returncode != 0
@@ -49,6 +52,7 @@ def test_crash_mid_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     assert not list(tmp_path.glob("ck.pt.tmp-*"))
 
 
+@pytest.mark.slow
 def test_resumed_trajectory_bit_matches_an_uninterrupted_run(tmp_path):
     args = ("--mode", "trajectory", "--steps", "60", "--every", "10")
     whole = run_mpi(2, "resume.py", "--ckpt", str(tmp_path / "whole.pt"), *args, out_dir=tmp_path / "whole").check()
@@ -60,6 +64,7 @@ def test_resumed_trajectory_bit_matches_an_uninterrupted_run(tmp_path):
     assert r["final"] == whole.results()[0]["final"]
 
 
+@pytest.mark.slow
 def test_final_checkpoint_at_shutdown_holds_the_whole_state(tmp_path):
     _run(tmp_path, 2, "--steps", "15", "--every", "1000").check()
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)

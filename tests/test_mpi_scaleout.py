@@ -23,6 +23,7 @@ def _mpich() -> bool:
     return detect_mpi(mpiexec()[0]) == "mpich"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("servers", [1, 2, 3])
 def test_conservation_with_16_ranks_over_s_servers(tmp_path, servers):
     workers = 16 - servers
@@ -35,6 +36,7 @@ def test_conservation_with_16_ranks_over_s_servers(tmp_path, servers):
         assert r["stats"]["overlap"] is True
 
 
+@pytest.mark.slow
 def test_a_model_learns_with_two_servers_and_overlap(tmp_path):
     res = run_mpi(4, "learn.py", "--epochs", "4", out_dir=tmp_path, timeout=240,
                   env={**CHUNKED, "HVD_DC_SERVERS": "2"}).check()
@@ -43,6 +45,7 @@ def test_a_model_learns_with_two_servers_and_overlap(tmp_path):
         assert r["stats"]["servers"] == 2 and r["stats"]["chunks"] >= 4 and r["stats"]["overlap"]
 
 
+@pytest.mark.slow
 def test_a_straggler_stuck_in_backward_does_not_stall_the_others(tmp_path):
     res = run_mpi(5, "straggler.py", "--steps", "30", out_dir=tmp_path, timeout=180,
                   env={**CHUNKED, "HVD_DC_SERVERS": "2"}).check()
@@ -51,6 +54,7 @@ def test_a_straggler_stuck_in_backward_does_not_stall_the_others(tmp_path):
     assert results[0]["steps"] == results[1]["steps"] == 30 and results[2]["steps"] == 3
 
 
+@pytest.mark.slow
 def test_overlap_keeps_accumulation_fp16_and_mixed_dtypes_exact(tmp_path):
     res = run_mpi(5, "conservation.py", "--extra", "3000", "--dtypes", "float32,float64,bfloat16", "--passes", "3",
                   "--compression", "fp16", "--steps", "6", out_dir=tmp_path, timeout=240,
@@ -59,6 +63,7 @@ def test_overlap_keeps_accumulation_fp16_and_mixed_dtypes_exact(tmp_path):
         assert r["stats"]["overlap"] and r["stats"]["chunks"] == 5  # 3 float32, 1 float64, 1 bfloat16
 
 
+@pytest.mark.slow
 def test_editing_gradients_after_backward_with_overlap_on_is_an_error_naming_the_fix(tmp_path):
     res = run_mpi(3, "conservation.py", "--edit", "inplace", "--steps", "3", out_dir=tmp_path, timeout=120,
                   env=CHUNKED)
@@ -67,6 +72,7 @@ def test_editing_gradients_after_backward_with_overlap_on_is_an_error_naming_the
     assert "Pass overlap='off'" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, overlap", [("none", True), ("inplace", False), ("data_after_synchronize", False)])
 def test_auto_overlaps_only_loops_that_do_not_edit_gradients(tmp_path, edit, overlap):
     res = run_mpi(3, "conservation.py", "--edit", edit, "--steps", "4", out_dir=tmp_path, timeout=120,
@@ -75,6 +81,7 @@ def test_auto_overlaps_only_loops_that_do_not_edit_gradients(tmp_path, edit, ove
         assert r["stats"]["overlap"] is overlap
 
 
+@pytest.mark.slow
 def test_tied_weights_and_retained_graphs_with_overlap(tmp_path):
     res = run_mpi(4, "tied.py", out_dir=tmp_path, timeout=180, env={**CHUNKED, "HVD_DC_SERVERS": "2"}).check()
     for r in res.results().values():
@@ -83,6 +90,7 @@ def test_tied_weights_and_retained_graphs_with_overlap(tmp_path):
         assert "modified by an inplace operation" in r["stale_graph_error"]
 
 
+@pytest.mark.slow
 def test_two_servers_chunks_and_threads_follow_the_single_server_trajectory_bit_for_bit(tmp_path):
     """One worker (a deterministic schedule), DC-ASGD-a with momentum on a small MLP: cut
     into chunks over 2 servers applying on 2 threads with overlap on, the final weights are
@@ -96,6 +104,7 @@ def test_two_servers_chunks_and_threads_follow_the_single_server_trajectory_bit_
     assert sharded.results()[0]["final"] == whole.results()[0]["final"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _mpich(), reason="the network path is MPICH's (MPIR_CVAR_NOLOCAL with libfabric tcp)")
 def test_conservation_over_the_network_path(tmp_path):
     env = {**CHUNKED, **NETWORK_PATH, "HVD_DC_SERVERS": "2"}
@@ -109,6 +118,7 @@ def test_conservation_over_the_network_path(tmp_path):
     assert all(not (a & b) for i, a in enumerate(mapped) for b in mapped[i + 1:]), mapped
 
 
+@pytest.mark.slow
 def test_ranks_that_disagree_on_the_servers_fail_alike(tmp_path):
     cmd = mpmd_command([(1, {}), (1, {"HVD_DC_SERVERS": "2"}), (2, {})], "settings_mismatch.py", out_dir=tmp_path)
     res = run_mpi(4, "", out_dir=tmp_path, command=cmd, timeout=90).check()
@@ -136,6 +146,7 @@ def _resume(tmp_path, name, *args, env=None, via_launcher=False):
                    env={**CHUNKED, "HVD_DC_SERVERS": "2", **(env or {})})
 
 
+@pytest.mark.slow
 def test_a_killed_server_rank_is_named_and_every_server_resumes_exactly(tmp_path):
     # server 1 dies in the middle of an update; server 0 and the workers are ended by the launcher
     crashed = _resume(tmp_path, "run", env={"HVD_DC_FAULT": "kill_server_mid_update:40@1"}, via_launcher=True)

@@ -6,6 +6,7 @@ here); e.g. HVD_DC_SOAK_PUSHES=5000 python -m pytest tests/test_mpi_soak.py for 
 import os
 import sys
 
+import pytest
 import torch
 
 from mpi_run import SCRIPTS, run_mpi
@@ -16,6 +17,7 @@ from common import is_torn  # noqa: E402
 PUSHES = int(os.environ.get("HVD_DC_SOAK_PUSHES", "300"))
 
 
+@pytest.mark.slow
 def test_soak_16_ranks_conserves_and_never_tears(tmp_path):
     res = run_mpi(16, "soak.py", "--pushes", str(PUSHES), out_dir=tmp_path, timeout=150 + PUSHES * 0.3).check()
     results = res.results()

@@ -9,6 +9,7 @@ import pytest
 from mpi_run import SCRIPTS, run_mpi
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "workers, variant, optimizer",
     [(2, "adaptive", "sgd"), (4, "adaptive", "sgd"), (2, "constant", "sgd"), (2, "adaptive", "adam")],
@@ -42,6 +43,7 @@ def test_a_diverging_horovod_run_says_once_why(tmp_path):
         assert "training is diverging" in r["divergence"][0] and "lr_scaling='per_push'" in r["divergence"][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["gap_aware", "staleness_lr"])
 def test_digits_mlp_learns_with_a_staleness_policy(tmp_path, policy):
     """DC-ASGD-a combined with a staleness policy still trains the real model."""
@@ -53,6 +55,7 @@ def test_digits_mlp_learns_with_a_staleness_policy(tmp_path, policy):
         assert r["loss1"] < 0.5 * r["loss0"]
 
 
+@pytest.mark.slow
 def test_pull_fetches_weights_without_pushing(tmp_path):
     res = run_mpi(4, "pull.py", out_dir=tmp_path).check()
     results = res.results()

@@ -18,6 +18,7 @@ def _servers(res, n):
     return [json.loads((res.out_dir / f"workerserver{s}.json").read_text()) for s in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("servers", [1, 2])
 def test_every_reply_is_the_answer_to_its_request(tmp_path, servers):
     res = run_mpi(servers + 1, "protocol_ranks.py", "--servers", str(servers), "--requests", "24", out_dir=tmp_path,
@@ -35,6 +36,7 @@ def test_every_reply_is_the_answer_to_its_request(tmp_path, servers):
             assert [k for _, k in mine] == [2 if i % 4 == 3 else 1 for i in range(24)]
 
 
+@pytest.mark.slow
 def test_a_skipped_sequence_number_is_refused_and_the_wait_names_the_server(tmp_path):
     res = run_mpi(2, "protocol_ranks.py", "--case", "jump", "--requests", "10", out_dir=tmp_path, timeout=90).check()
     worker = res.results()[0]

@@ -200,6 +200,7 @@ def _conserved(res, workers):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["none", "adaptive"])
 def test_staged_conservation(tmp_path, variant):
     res = run_mpi(3, "conservation.py", "--variant", variant, out_dir=tmp_path,
@@ -212,12 +213,14 @@ def test_staged_conservation(tmp_path, variant):
     assert "master weights on cpu (staged through the window)" in res.stderr
 
 
+@pytest.mark.slow
 def test_staged_conservation_mixed_dtypes_fp16_wire(tmp_path):
     res = run_mpi(3, "conservation.py", "--variant", "adaptive", "--compression", "fp16",
                   "--dtypes", "float32,float64,bfloat16,float16", out_dir=tmp_path, env=STAGED).check()
     _conserved(res, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", ["inplace", "data_after_synchronize"])
 def test_staged_push_carries_gradients_edited_after_backward(tmp_path, edit):
     res = run_mpi(3, "conservation.py", "--variant", "none", "--edit", edit, out_dir=tmp_path, env=STAGED).check()
@@ -225,12 +228,14 @@ def test_staged_push_carries_gradients_edited_after_backward(tmp_path, edit):
         assert r["stats"]["pushes_copied_at_step"] == r["steps"]
 
 
+@pytest.mark.slow
 def test_staged_accumulation_over_backward_passes(tmp_path):
     res = run_mpi(3, "conservation.py", "--variant", "constant", "--passes", "3", out_dir=tmp_path, env=STAGED).check()
     for r in _conserved(res, 2).values():
         assert r["stats"]["pushes_copied_during_backward"] == r["steps"]
 
 
+@pytest.mark.slow
 def test_cuda_server_device_on_a_server_without_cuda_fails_registration(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the server can use it")
@@ -255,6 +260,7 @@ def test_cuda_workers_fp16_wire_and_edits(tmp_path):
     _conserved(res, 2)
 
 
+@pytest.mark.slow
 def test_staged_sparse_gradients_and_an_unused_parameter(tmp_path):
     res = run_mpi(3, "inputs.py", out_dir=tmp_path, env=STAGED).check()
     for r in res.results().values():
@@ -262,6 +268,7 @@ def test_staged_sparse_gradients_and_an_unused_parameter(tmp_path):
         assert "the server rejected it and the model was not changed" in r["raised"]
 
 
+@pytest.mark.slow
 def test_staged_resumed_trajectory_bit_matches_an_uninterrupted_run(tmp_path):
     """A staged server's restore must also refill the reply areas the workers start from."""
     args = ("--mode", "trajectory", "--steps", "60", "--every", "10")

@@ -2,9 +2,11 @@
 Horovod script is (the lr times hvd.size(), momentum 0.9, op=Average), hvd_dc's defaults
 unless options are given. Every DivergenceWarning a worker gets is recorded."""
 
+import os
 import warnings
 
 import torch
+from mpi4py import MPI
 from sklearn.datasets import load_digits
 
 import hvd_dc as hvd
@@ -61,6 +63,7 @@ divergence = [str(w.message) for w in caught if issubclass(w.category, hvd.Diver
 hvd.barrier()
 opt.pull()
 loss1, acc1 = test_loss_acc()
+# the launcher's view beside MPI's, so a test can check which task became which rank
 write_result(args.out, hvd.rank(), loss0=loss0, acc0=acc0, loss1=loss1, acc1=acc1, stats=opt.stats(),
-             divergence=divergence)
+             divergence=divergence, world_rank=MPI.COMM_WORLD.Get_rank(), slurm_procid=os.environ.get("SLURM_PROCID"))
 hvd.shutdown()
