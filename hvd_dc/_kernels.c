@@ -24,7 +24,12 @@ typedef struct {
     /* SGD */
     double lr, momentum, dampening, weight_decay;
     int nesterov, maximize, first_step;
+    /* Gap-Aware (hvd_dc/staleness.py): C_hat = C / gap_corr; damp only when gap_damp */
+    double gap_corr;
+    int gap_damp;
 } params_t;
+
+#define GAP_BETA 0.99
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_AVX2_PATH 1
@@ -36,18 +41,21 @@ typedef struct {
 #define INLINE static inline __attribute__((always_inline))
 
 /* One segment, element type T. VARIANT, STEP (0: write g_dc to out; 1: plain SGD step;
- * 2: SGD step with momentum; 3: with Nesterov momentum) and COPY are compile-time constants
- * in every instantiation,
+ * 2: SGD step with momentum; 3: with Nesterov momentum), COPY and GAP (0: no Gap-Aware;
+ * 1: update its average C after the step; 2: also damp g_dc by the gap first) are
+ * compile-time constants in every instantiation,
  * so each compiles to one straight, vectorised loop. FMA(a, b, c) = a * b + c, one rounding. */
-#define DEFINE_TEMPLATE(T, FMA, SQRT)                                                       \
+#define DEFINE_TEMPLATE(T, FMA, SQRT, ABS)                                                       \
     INLINE void dc_loop_##T(int64_t n, const T *restrict g, T *restrict w, const T *restrict wb, \
                             T *restrict ms, T *restrict out, T *restrict buf, T *restrict copy, \
-                            const params_t *p, const int VARIANT, const int STEP, const int COPY) { \
+                            T *restrict gap, const params_t *p, const int VARIANT, const int STEP, \
+                            const int COPY, const int GAP) {                                  \
         const T lam0 = (T)p->lambda0, m = (T)p->ms_momentum;                                \
         const T one_m = (T)(1.0 - p->ms_momentum), eps = (T)p->eps;                         \
         const T sign = p->maximize ? (T)-1 : (T)1, wd = (T)p->weight_decay;                 \
         const T mom = (T)p->momentum, one_damp = (T)(1.0 - p->dampening);                   \
         const T neg_lr = (T)(-p->lr);                                                       \
+        const T corr = (T)p->gap_corr, beta = (T)GAP_BETA, one_beta = (T)(1.0 - GAP_BETA);   \
         for (int64_t i = 0; i < n; i++) {                                                   \
             const T gi = g[i], wi = w[i];                                                   \
             T gdc = gi;                                                                     \
@@ -67,6 +75,12 @@ typedef struct {
                 lam_g = lam_g * (wi - wb[i]);       /* ... * (w - w_bak) */                 \
                 gdc = gi + lam_g;                                                           \
             }                                                                               \
+            if (GAP == 2) {                          /* g_dc / max(1, |w - w_bak| / C_hat) */ \
+                /* selects, not branches, so that the loop vectorises; G = 1 where C_hat = 0 */ \
+                const T chat = gap[i] / corr;                                               \
+                const T r = ABS(wi - wb[i]) / (chat != (T)0 ? chat : (T)1);                 \
+                gdc = gdc / (chat != (T)0 ? (r < (T)1 ? (T)1 : r) : (T)1);                  \
+            }                                                                               \
             if (STEP == 0) {                                                                \
                 out[i] = gdc;                                                               \
                 continue;                                                                   \
@@ -84,11 +98,12 @@ typedef struct {
             const T wn = FMA(neg_lr, d, wi);                   /* param.add_(grad, alpha=-lr) */ \
             w[i] = wn;                                                                      \
             if (COPY) copy[i] = wn;                                                         \
+            if (GAP) gap[i] = gap[i] * beta + ABS(wi - wn) * one_beta;        \
         }                                                                                   \
     }
 
-DEFINE_TEMPLATE(float, fmaf, sqrtf)
-DEFINE_TEMPLATE(double, fma, sqrt)
+DEFINE_TEMPLATE(float, fmaf, sqrtf, fabsf)
+DEFINE_TEMPLATE(double, fma, sqrt, fabs)
 
 /* DANA (hvd_dc/async_momentum.py), one push of one worker on one segment, in the order the
  * torch path evaluates it (separate multiplies and adds, as there: no FMA):
@@ -96,16 +111,17 @@ DEFINE_TEMPLATE(double, fma, sqrt)
  *   S = S - v; v = d (FIRST) | v*mu + d*(1 - dampening); S = S + v; w = w - v*lr;
  *   copy (the reply, w_bak) = w - S*c.
  * VARIANT, FIRST, WD and COPY are compile-time constants in every instantiation. */
-#define DEFINE_DANA(T, SQRT)                                                                \
+#define DEFINE_DANA(T, SQRT, ABS)                                                                \
     INLINE void dana_loop_##T(int64_t n, const T *restrict g, T *restrict w, const T *restrict wb, \
                               T *restrict ms, T *restrict v, T *restrict s, T *restrict copy, \
-                              const params_t *p, const int VARIANT, const int FIRST, const int WD, \
-                              const int COPY) {                                             \
+                              T *restrict gap, const params_t *p, const int VARIANT, const int FIRST, \
+                              const int WD, const int COPY, const int GAP) {                \
         const T lam0 = (T)p->lambda0, m = (T)p->ms_momentum;                                \
         const T one_m = (T)(1.0 - p->ms_momentum), eps = (T)p->eps;                         \
         const T sign = p->maximize ? (T)-1 : (T)1, wd = (T)p->weight_decay;                 \
         const T mom = (T)p->momentum, one_damp = (T)(1.0 - p->dampening);                   \
         const T lr = (T)p->lr, c = (T)(p->lr * p->momentum);                                \
+        const T corr = (T)p->gap_corr, beta = (T)GAP_BETA, one_beta = (T)(1.0 - GAP_BETA);   \
         for (int64_t i = 0; i < n; i++) {                                                   \
             const T gi = g[i], wi = w[i];                                                   \
             T si = s[i];                                                                    \
@@ -127,6 +143,11 @@ DEFINE_TEMPLATE(double, fma, sqrt)
                 lam_g = lam_g * (ai - wb[i]);                                               \
                 d = gi + lam_g;                                                             \
             }                                                                               \
+            if (GAP == 2) {                         /* the gap from the look-ahead */      \
+                const T chat = gap[i] / corr;                                               \
+                const T r = ABS(ai - wb[i]) / (chat != (T)0 ? chat : (T)1);                 \
+                d = d / (chat != (T)0 ? (r < (T)1 ? (T)1 : r) : (T)1);                      \
+            }                                                                               \
             d = d * sign;                                                                   \
             if (WD) d = d + ai * wd;                                                        \
             T vi = v[i];                                                                    \
@@ -138,41 +159,91 @@ DEFINE_TEMPLATE(double, fma, sqrt)
             const T wn = wi - vi * lr;                                                      \
             w[i] = wn;                                                                      \
             if (COPY) copy[i] = wn - si * c;                                                \
+            if (GAP) gap[i] = gap[i] * beta + ABS(wi - wn) * one_beta;        \
         }                                                                                   \
     }
 
-DEFINE_DANA(float, sqrtf)
-DEFINE_DANA(double, sqrt)
+DEFINE_DANA(float, sqrtf, fabsf)
+DEFINE_DANA(double, sqrt, fabs)
 
 /* run(): dispatch the runtime flags to constant instantiations */
 #define INSTANCES(T, SUFFIX, TARGET)                                                        \
     TARGET static void run_##SUFFIX(int64_t n, const T *g, T *w, const T *wb, T *ms, T *out, T *buf, \
-                                    T *copy, const params_t *p, int step) {                 \
-        switch (p->variant * 8 + step * 2 + (copy != NULL)) {                               \
-        case 0: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 0, 0); break; \
-        case 1: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 0, 1); break; \
-        case 2: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 1, 0); break; \
-        case 3: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 1, 1); break; \
-        case 4: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 2, 0); break; \
-        case 5: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 2, 1); break; \
-        case 6: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 3, 0); break; \
-        case 7: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 0, 3, 1); break; \
-        case 8: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 0, 0); break; \
-        case 9: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 0, 1); break; \
-        case 10: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 1, 0); break; \
-        case 11: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 1, 1); break; \
-        case 12: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 2, 0); break; \
-        case 13: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 2, 1); break; \
-        case 14: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 3, 0); break; \
-        case 15: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 1, 3, 1); break; \
-        case 16: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 0, 0); break; \
-        case 17: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 0, 1); break; \
-        case 18: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 1, 0); break; \
-        case 19: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 1, 1); break; \
-        case 20: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 2, 0); break; \
-        case 21: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 2, 1); break; \
-        case 22: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 3, 0); break; \
-        case 23: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, p, 2, 3, 1); break; \
+                                    T *copy, T *gap, const params_t *p, int step) {         \
+        const int gap_mode = gap == NULL ? 0 : (p->gap_damp ? 2 : 1);  /* track, then damp */ \
+        switch (p->variant * 24 + step * 6 + (copy != NULL) * 3 + gap_mode) {              \
+        case 0: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 0, 0, 0); break; \
+        case 1: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 0, 0, 1); break; \
+        case 2: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 0, 0, 2); break; \
+        case 3: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 0, 1, 0); break; \
+        case 4: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 0, 1, 1); break; \
+        case 5: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 0, 1, 2); break; \
+        case 6: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 1, 0, 0); break; \
+        case 7: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 1, 0, 1); break; \
+        case 8: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 1, 0, 2); break; \
+        case 9: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 1, 1, 0); break; \
+        case 10: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 1, 1, 1); break; \
+        case 11: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 1, 1, 2); break; \
+        case 12: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 2, 0, 0); break; \
+        case 13: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 2, 0, 1); break; \
+        case 14: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 2, 0, 2); break; \
+        case 15: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 2, 1, 0); break; \
+        case 16: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 2, 1, 1); break; \
+        case 17: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 2, 1, 2); break; \
+        case 18: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 3, 0, 0); break; \
+        case 19: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 3, 0, 1); break; \
+        case 20: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 3, 0, 2); break; \
+        case 21: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 3, 1, 0); break; \
+        case 22: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 3, 1, 1); break; \
+        case 23: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 0, 3, 1, 2); break; \
+        case 24: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 0, 0, 0); break; \
+        case 25: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 0, 0, 1); break; \
+        case 26: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 0, 0, 2); break; \
+        case 27: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 0, 1, 0); break; \
+        case 28: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 0, 1, 1); break; \
+        case 29: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 0, 1, 2); break; \
+        case 30: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 1, 0, 0); break; \
+        case 31: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 1, 0, 1); break; \
+        case 32: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 1, 0, 2); break; \
+        case 33: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 1, 1, 0); break; \
+        case 34: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 1, 1, 1); break; \
+        case 35: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 1, 1, 2); break; \
+        case 36: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 2, 0, 0); break; \
+        case 37: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 2, 0, 1); break; \
+        case 38: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 2, 0, 2); break; \
+        case 39: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 2, 1, 0); break; \
+        case 40: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 2, 1, 1); break; \
+        case 41: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 2, 1, 2); break; \
+        case 42: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 3, 0, 0); break; \
+        case 43: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 3, 0, 1); break; \
+        case 44: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 3, 0, 2); break; \
+        case 45: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 3, 1, 0); break; \
+        case 46: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 3, 1, 1); break; \
+        case 47: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 1, 3, 1, 2); break; \
+        case 48: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 0, 0, 0); break; \
+        case 49: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 0, 0, 1); break; \
+        case 50: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 0, 0, 2); break; \
+        case 51: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 0, 1, 0); break; \
+        case 52: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 0, 1, 1); break; \
+        case 53: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 0, 1, 2); break; \
+        case 54: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 1, 0, 0); break; \
+        case 55: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 1, 0, 1); break; \
+        case 56: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 1, 0, 2); break; \
+        case 57: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 1, 1, 0); break; \
+        case 58: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 1, 1, 1); break; \
+        case 59: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 1, 1, 2); break; \
+        case 60: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 2, 0, 0); break; \
+        case 61: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 2, 0, 1); break; \
+        case 62: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 2, 0, 2); break; \
+        case 63: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 2, 1, 0); break; \
+        case 64: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 2, 1, 1); break; \
+        case 65: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 2, 1, 2); break; \
+        case 66: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 3, 0, 0); break; \
+        case 67: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 3, 0, 1); break; \
+        case 68: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 3, 0, 2); break; \
+        case 69: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 3, 1, 0); break; \
+        case 70: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 3, 1, 1); break; \
+        case 71: dc_loop_##T(n, g, w, wb, ms, out, buf, copy, gap, p, 2, 3, 1, 2); break; \
         }                                                                                   \
     }
 
@@ -183,20 +254,83 @@ INSTANCES(float, f32_avx2, TARGET_AVX2)
 INSTANCES(double, f64_avx2, TARGET_AVX2)
 #endif
 
-#define DANA_CASE(T, K, VAR, FIRST, WD, COPY) \
-    case K: dana_loop_##T(n, g, w, wb, ms, v, s, copy, p, VAR, FIRST, WD, COPY); break;
 #define DANA_INSTANCES(T, SUFFIX, TARGET)                                                   \
     TARGET static void dana_##SUFFIX(int64_t n, const T *g, T *w, const T *wb, T *ms, T *v, T *s, T *copy, \
-                                     const params_t *p, int first, int wd) {                \
-        switch (p->variant * 8 + first * 4 + wd * 2 + (copy != NULL)) {                     \
-        DANA_CASE(T, 0, 0, 0, 0, 0) DANA_CASE(T, 1, 0, 0, 0, 1) DANA_CASE(T, 2, 0, 0, 1, 0)  \
-        DANA_CASE(T, 3, 0, 0, 1, 1) DANA_CASE(T, 4, 0, 1, 0, 0) DANA_CASE(T, 5, 0, 1, 0, 1)  \
-        DANA_CASE(T, 6, 0, 1, 1, 0) DANA_CASE(T, 7, 0, 1, 1, 1) DANA_CASE(T, 8, 1, 0, 0, 0)  \
-        DANA_CASE(T, 9, 1, 0, 0, 1) DANA_CASE(T, 10, 1, 0, 1, 0) DANA_CASE(T, 11, 1, 0, 1, 1) \
-        DANA_CASE(T, 12, 1, 1, 0, 0) DANA_CASE(T, 13, 1, 1, 0, 1) DANA_CASE(T, 14, 1, 1, 1, 0) \
-        DANA_CASE(T, 15, 1, 1, 1, 1) DANA_CASE(T, 16, 2, 0, 0, 0) DANA_CASE(T, 17, 2, 0, 0, 1) \
-        DANA_CASE(T, 18, 2, 0, 1, 0) DANA_CASE(T, 19, 2, 0, 1, 1) DANA_CASE(T, 20, 2, 1, 0, 0) \
-        DANA_CASE(T, 21, 2, 1, 0, 1) DANA_CASE(T, 22, 2, 1, 1, 0) DANA_CASE(T, 23, 2, 1, 1, 1) \
+                                     T *gap, const params_t *p, int first, int wd) {        \
+        const int gap_mode = gap == NULL ? 0 : (p->gap_damp ? 2 : 1);                      \
+        switch (p->variant * 24 + first * 12 + wd * 6 + (copy != NULL) * 3 + gap_mode) {   \
+        case 0: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 0, 0, 0); break; \
+        case 1: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 0, 0, 1); break; \
+        case 2: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 0, 0, 2); break; \
+        case 3: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 0, 1, 0); break; \
+        case 4: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 0, 1, 1); break; \
+        case 5: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 0, 1, 2); break; \
+        case 6: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 1, 0, 0); break; \
+        case 7: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 1, 0, 1); break; \
+        case 8: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 1, 0, 2); break; \
+        case 9: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 1, 1, 0); break; \
+        case 10: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 1, 1, 1); break; \
+        case 11: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 0, 1, 1, 2); break; \
+        case 12: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 0, 0, 0); break; \
+        case 13: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 0, 0, 1); break; \
+        case 14: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 0, 0, 2); break; \
+        case 15: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 0, 1, 0); break; \
+        case 16: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 0, 1, 1); break; \
+        case 17: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 0, 1, 2); break; \
+        case 18: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 1, 0, 0); break; \
+        case 19: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 1, 0, 1); break; \
+        case 20: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 1, 0, 2); break; \
+        case 21: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 1, 1, 0); break; \
+        case 22: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 1, 1, 1); break; \
+        case 23: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 0, 1, 1, 1, 2); break; \
+        case 24: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 0, 0, 0); break; \
+        case 25: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 0, 0, 1); break; \
+        case 26: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 0, 0, 2); break; \
+        case 27: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 0, 1, 0); break; \
+        case 28: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 0, 1, 1); break; \
+        case 29: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 0, 1, 2); break; \
+        case 30: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 1, 0, 0); break; \
+        case 31: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 1, 0, 1); break; \
+        case 32: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 1, 0, 2); break; \
+        case 33: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 1, 1, 0); break; \
+        case 34: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 1, 1, 1); break; \
+        case 35: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 0, 1, 1, 2); break; \
+        case 36: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 0, 0, 0); break; \
+        case 37: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 0, 0, 1); break; \
+        case 38: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 0, 0, 2); break; \
+        case 39: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 0, 1, 0); break; \
+        case 40: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 0, 1, 1); break; \
+        case 41: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 0, 1, 2); break; \
+        case 42: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 1, 0, 0); break; \
+        case 43: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 1, 0, 1); break; \
+        case 44: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 1, 0, 2); break; \
+        case 45: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 1, 1, 0); break; \
+        case 46: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 1, 1, 1); break; \
+        case 47: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 1, 1, 1, 1, 2); break; \
+        case 48: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 0, 0, 0); break; \
+        case 49: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 0, 0, 1); break; \
+        case 50: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 0, 0, 2); break; \
+        case 51: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 0, 1, 0); break; \
+        case 52: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 0, 1, 1); break; \
+        case 53: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 0, 1, 2); break; \
+        case 54: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 1, 0, 0); break; \
+        case 55: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 1, 0, 1); break; \
+        case 56: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 1, 0, 2); break; \
+        case 57: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 1, 1, 0); break; \
+        case 58: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 1, 1, 1); break; \
+        case 59: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 0, 1, 1, 2); break; \
+        case 60: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 0, 0, 0); break; \
+        case 61: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 0, 0, 1); break; \
+        case 62: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 0, 0, 2); break; \
+        case 63: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 0, 1, 0); break; \
+        case 64: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 0, 1, 1); break; \
+        case 65: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 0, 1, 2); break; \
+        case 66: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 1, 0, 0); break; \
+        case 67: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 1, 0, 1); break; \
+        case 68: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 1, 0, 2); break; \
+        case 69: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 1, 1, 0); break; \
+        case 70: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 1, 1, 1); break; \
+        case 71: dana_loop_##T(n, g, w, wb, ms, v, s, copy, gap, p, 2, 1, 1, 1, 2); break; \
         }                                                                                   \
     }
 
@@ -244,16 +378,16 @@ static PyObject *py_all_finite(PyObject *self, PyObject *args) {
 }
 
 static void run(int dbl, int64_t n, uintptr_t g, uintptr_t w, uintptr_t wb, uintptr_t ms, uintptr_t out,
-                uintptr_t buf, uintptr_t copy, const params_t *p, int step) {
+                uintptr_t buf, uintptr_t copy, uintptr_t gap, const params_t *p, int step) {
 #if HAVE_AVX2_PATH
     if (use_avx2()) {
-        if (dbl) run_f64_avx2(n, (const double *)g, (double *)w, (const double *)wb, (double *)ms, (double *)out, (double *)buf, (double *)copy, p, step);
-        else run_f32_avx2(n, (const float *)g, (float *)w, (const float *)wb, (float *)ms, (float *)out, (float *)buf, (float *)copy, p, step);
+        if (dbl) run_f64_avx2(n, (const double *)g, (double *)w, (const double *)wb, (double *)ms, (double *)out, (double *)buf, (double *)copy, (double *)gap, p, step);
+        else run_f32_avx2(n, (const float *)g, (float *)w, (const float *)wb, (float *)ms, (float *)out, (float *)buf, (float *)copy, (float *)gap, p, step);
         return;
     }
 #endif
-    if (dbl) run_f64_base(n, (const double *)g, (double *)w, (const double *)wb, (double *)ms, (double *)out, (double *)buf, (double *)copy, p, step);
-    else run_f32_base(n, (const float *)g, (float *)w, (const float *)wb, (float *)ms, (float *)out, (float *)buf, (float *)copy, p, step);
+    if (dbl) run_f64_base(n, (const double *)g, (double *)w, (const double *)wb, (double *)ms, (double *)out, (double *)buf, (double *)copy, (double *)gap, p, step);
+    else run_f32_base(n, (const float *)g, (float *)w, (const float *)wb, (float *)ms, (float *)out, (float *)buf, (float *)copy, (float *)gap, p, step);
 }
 
 /* compensate(dbl, n, g, w, wb, ms, out, variant, lambda0, ms_momentum, eps) */
@@ -268,43 +402,43 @@ static PyObject *py_compensate(PyObject *self, PyObject *args) {
         return NULL;
     if (p.variant < 0 || p.variant > 2) return PyErr_Format(PyExc_ValueError, "bad variant %d", p.variant);
     Py_BEGIN_ALLOW_THREADS
-    run(dbl, n, g, w, wb, ms, out, 0, 0, &p, 0);
+    run(dbl, n, g, w, wb, ms, out, 0, 0, 0, &p, 0);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
-/* sgd(dbl, n, g, w, wb, ms, buf, copy, variant, lambda0, ms_momentum, eps,
-       lr, momentum, dampening, weight_decay, nesterov, maximize, first_step) */
+/* sgd(dbl, n, g, w, wb, ms, buf, copy, gap, variant, lambda0, ms_momentum, eps,
+       lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, gap_corr, gap_damp) */
 static PyObject *py_sgd(PyObject *self, PyObject *args) {
     int dbl;
     long long n;
-    unsigned long long g, w, wb, ms, buf, copy;
+    unsigned long long g, w, wb, ms, buf, copy, gap;
     params_t p;
     memset(&p, 0, sizeof p);
-    if (!PyArg_ParseTuple(args, "pLKKKKKKiddddddd" "ppp", &dbl, &n, &g, &w, &wb, &ms, &buf, &copy, &p.variant,
-                          &p.lambda0, &p.ms_momentum, &p.eps, &p.lr, &p.momentum, &p.dampening, &p.weight_decay,
-                          &p.nesterov, &p.maximize, &p.first_step))
+    if (!PyArg_ParseTuple(args, "pLKKKKKKKiddddddd" "pppdp", &dbl, &n, &g, &w, &wb, &ms, &buf, &copy, &gap,
+                          &p.variant, &p.lambda0, &p.ms_momentum, &p.eps, &p.lr, &p.momentum, &p.dampening,
+                          &p.weight_decay, &p.nesterov, &p.maximize, &p.first_step, &p.gap_corr, &p.gap_damp))
         return NULL;
     if (p.variant < 0 || p.variant > 2) return PyErr_Format(PyExc_ValueError, "bad variant %d", p.variant);
     if (p.first_step) return PyErr_Format(PyExc_ValueError, "the first momentum step is torch.optim.SGD's");
     int step = p.momentum == 0 ? 1 : (p.nesterov ? 3 : 2);
     Py_BEGIN_ALLOW_THREADS
-    run(dbl, n, g, w, wb, ms, 0, buf, copy, &p, step);
+    run(dbl, n, g, w, wb, ms, 0, buf, copy, gap, &p, step);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
-/* dana(dbl, n, g, w, wb, ms, v, s, copy, variant, lambda0, ms_momentum, eps,
-        lr, momentum, dampening, weight_decay, maximize, first) */
+/* dana(dbl, n, g, w, wb, ms, v, s, copy, gap, variant, lambda0, ms_momentum, eps,
+        lr, momentum, dampening, weight_decay, maximize, first, gap_corr, gap_damp) */
 static PyObject *py_dana(PyObject *self, PyObject *args) {
     int dbl, first;
     long long n;
-    unsigned long long g, w, wb, ms, v, s, copy;
+    unsigned long long g, w, wb, ms, v, s, copy, gap;
     params_t p;
     memset(&p, 0, sizeof p);
-    if (!PyArg_ParseTuple(args, "pLKKKKKKKidddddddpp", &dbl, &n, &g, &w, &wb, &ms, &v, &s, &copy, &p.variant,
-                          &p.lambda0, &p.ms_momentum, &p.eps, &p.lr, &p.momentum, &p.dampening, &p.weight_decay,
-                          &p.maximize, &first))
+    if (!PyArg_ParseTuple(args, "pLKKKKKKKKidddddddppdp", &dbl, &n, &g, &w, &wb, &ms, &v, &s, &copy, &gap,
+                          &p.variant, &p.lambda0, &p.ms_momentum, &p.eps, &p.lr, &p.momentum, &p.dampening,
+                          &p.weight_decay, &p.maximize, &first, &p.gap_corr, &p.gap_damp))
         return NULL;
     if (p.variant < 0 || p.variant > 2) return PyErr_Format(PyExc_ValueError, "bad variant %d", p.variant);
     const int wd = p.weight_decay != 0;
@@ -313,18 +447,18 @@ static PyObject *py_dana(PyObject *self, PyObject *args) {
     if (use_avx2()) {
         if (dbl) dana_f64_avx2(n, (const double *)(uintptr_t)g, (double *)(uintptr_t)w, (const double *)(uintptr_t)wb,
                                (double *)(uintptr_t)ms, (double *)(uintptr_t)v, (double *)(uintptr_t)s,
-                               (double *)(uintptr_t)copy, &p, first, wd);
+                               (double *)(uintptr_t)copy, (double *)(uintptr_t)gap, &p, first, wd);
         else dana_f32_avx2(n, (const float *)(uintptr_t)g, (float *)(uintptr_t)w, (const float *)(uintptr_t)wb,
                            (float *)(uintptr_t)ms, (float *)(uintptr_t)v, (float *)(uintptr_t)s,
-                           (float *)(uintptr_t)copy, &p, first, wd);
+                           (float *)(uintptr_t)copy, (float *)(uintptr_t)gap, &p, first, wd);
     } else
 #endif
     if (dbl) dana_f64_base(n, (const double *)(uintptr_t)g, (double *)(uintptr_t)w, (const double *)(uintptr_t)wb,
                            (double *)(uintptr_t)ms, (double *)(uintptr_t)v, (double *)(uintptr_t)s,
-                           (double *)(uintptr_t)copy, &p, first, wd);
+                           (double *)(uintptr_t)copy, (double *)(uintptr_t)gap, &p, first, wd);
     else dana_f32_base(n, (const float *)(uintptr_t)g, (float *)(uintptr_t)w, (const float *)(uintptr_t)wb,
                        (float *)(uintptr_t)ms, (float *)(uintptr_t)v, (float *)(uintptr_t)s, (float *)(uintptr_t)copy,
-                       &p, first, wd);
+                       (float *)(uintptr_t)gap, &p, first, wd);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }

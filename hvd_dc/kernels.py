@@ -15,6 +15,10 @@ path does in eight to ten:
   compensation to it, the per-worker momentum and its sum, the weights, and optionally
   the reply (the new look-ahead).
 
+:func:`sgd` and :func:`dana` also run Gap-Aware (:mod:`hvd_dc.staleness`) in the same pass
+when given its running average: the damping between the compensation and the step, the
+average's update after it.
+
 Every call checks dtypes, sizes and contiguity here, so the C code can trust its pointers.
 """
 
@@ -83,38 +87,43 @@ def compensate(variant: DCVariant, g, w, wb, mean_square, out, lambda0: float, m
 
 
 def sgd(variant: DCVariant, g, w, wb, mean_square, momentum_buffer, copy, lambda0: float, ms_momentum: float, eps: float,
-        group: dict) -> None:
+        group: dict, gap=None, gap_corr: float = 1.0, gap_damp: bool = False) -> None:
     """Compensate and apply ``torch.optim.SGD``'s step for ``group`` to ``w`` in place.
 
     ``momentum_buffer`` must exist when the group has momentum (the first step, which
     creates it, belongs to torch.optim.SGD). ``copy``, if given, receives the new weights.
+    ``gap``, if given, is Gap-Aware's running average ``C`` of the segment
+    (:mod:`hvd_dc.staleness`): with ``gap_damp`` the compensated gradient is divided by
+    ``max(1, |w - w_bak| / (C / gap_corr))`` before the step, and ``C`` is updated with the
+    step's size after it.
     """
     n = g.numel()
     mom = float(group["momentum"])
-    _check(g, w, wb, copy, mean_square if variant is DCVariant.ADAPTIVE else None, momentum_buffer if mom else None,
-           dtype=g.dtype, n=n)
+    _check(g, w, wb, copy, gap, mean_square if variant is DCVariant.ADAPTIVE else None,
+           momentum_buffer if mom else None, dtype=g.dtype, n=n)
     if mom and momentum_buffer is None:
         raise ValueError("the fused SGD step needs the momentum buffer of an earlier step")
     _ext.sgd(
         g.dtype == torch.float64, n, g.data_ptr(), w.data_ptr(), wb.data_ptr(), _ptr(mean_square),
-        _ptr(momentum_buffer) if mom else 0, _ptr(copy), int(variant), float(lambda0), float(ms_momentum),
+        _ptr(momentum_buffer) if mom else 0, _ptr(copy), _ptr(gap), int(variant), float(lambda0), float(ms_momentum),
         float(eps), float(group["lr"]), mom, float(group["dampening"]), float(group["weight_decay"]),
-        bool(group["nesterov"]), bool(group.get("maximize", False)), False,
+        bool(group["nesterov"]), bool(group.get("maximize", False)), False, float(gap_corr), bool(gap_damp),
     )
 
 
 def dana(variant: DCVariant, g, w, wb, mean_square, velocity, total, copy, lambda0: float, ms_momentum: float,
-         eps: float, hyper: dict, first: bool) -> None:
+         eps: float, hyper: dict, first: bool, gap=None, gap_corr: float = 1.0, gap_damp: bool = False) -> None:
     """One DANA push on one segment, in place: ``velocity`` (this worker's ``v``), ``total``
     (``S``), ``w`` and ``mean_square`` (adaptive) updated; ``copy``, if given, receives the
     look-ahead ``w - lr*mu*S``. ``hyper``: :func:`~hvd_dc.async_momentum.sgd_hyperparameters`.
-    ``first``: this worker's first push (``v = g``)."""
+    ``first``: this worker's first push (``v = g``). ``gap``: Gap-Aware, as in :func:`sgd`,
+    the gap measured from the look-ahead."""
     n = g.numel()
-    _check(g, w, wb, velocity, total, copy, mean_square if variant is DCVariant.ADAPTIVE else None,
+    _check(g, w, wb, velocity, total, copy, gap, mean_square if variant is DCVariant.ADAPTIVE else None,
            dtype=g.dtype, n=n)
     _ext.dana(
         g.dtype == torch.float64, n, g.data_ptr(), w.data_ptr(), wb.data_ptr(), _ptr(mean_square),
-        velocity.data_ptr(), total.data_ptr(), _ptr(copy), int(variant), float(lambda0), float(ms_momentum),
-        float(eps), hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["weight_decay"],
-        bool(hyper["maximize"]), bool(first),
+        velocity.data_ptr(), total.data_ptr(), _ptr(copy), _ptr(gap), int(variant), float(lambda0),
+        float(ms_momentum), float(eps), hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["weight_decay"],
+        bool(hyper["maximize"]), bool(first), float(gap_corr), bool(gap_damp),
     )

@@ -286,8 +286,8 @@ class ServerState:
 # * _FusedCompensationUpdate: the C kernel compensates float32/float64 segments in one pass
 #   (others as above), then the optimizer's own step. Any optimizer.
 # * _FusedSGDUpdate: torch.optim.SGD on flat float32/float64 segments: compensation, the SGD
-#   step and the copy into the worker's reply area in one pass per segment. Not with a
-#   staleness policy, which acts between the compensation and the step.
+#   step and the copy into the worker's reply area in one pass per segment, Gap-Aware
+#   included. Not with the scalar staleness policies (they take the two paths above).
 
 
 def _choose_update(state: ServerState, opt_class: type, choice: str) -> "_TorchUpdate":
@@ -302,7 +302,7 @@ def _choose_update(state: ServerState, opt_class: type, choice: str) -> "_TorchU
     fused_dtypes = all(seg.dtype in kernels.FUSED_DTYPES for seg in state.layout.segments)
     differentiable = any(g.get("differentiable", False) for g in state.optimizer.param_groups)
     if (state.flat_optimizer and opt_class is torch.optim.SGD and fused_dtypes and not differentiable
-            and not state.policy.active):
+            and state.policy.fusable):
         return _FusedSGDUpdate(state)
     return _FusedCompensationUpdate(state)
 
@@ -407,7 +407,8 @@ class _FusedSGDUpdate(_FusedCompensationUpdate):
         ):
             buf = opt_state[p].get("momentum_buffer") if group["momentum"] else None
             kernels.sgd(comp.variant, g, w, wb, ms[i], buf, None if reply is None else reply[i], comp.lambda0,
-                        comp.momentum, comp.eps, group)
+                        comp.momentum, comp.eps, group, **s.policy.fused_arguments(i))
+        s.policy.count_step()
         return reply is not None
 
     def _momentum_buffers_exist(self) -> bool:
@@ -422,9 +423,10 @@ class _DanaUpdate:
     """DANA (:mod:`hvd_dc.async_momentum`): the look-ahead ``a = w - lr*mu*S`` is where
     worker ``m``'s gradient is compensated to and its gap measured, DANA's step replaces the
     optimizer's, and the reply (``w_bak(m)``) is the new look-ahead. ``base`` (the torch or
-    fused-compensation path) checks finiteness. Without a staleness policy, float32/float64
-    segments take the fused kernel (:func:`hvd_dc.kernels.dana`: the whole push in one pass,
-    the same bits); otherwise the torch path of :class:`~hvd_dc.async_momentum.DanaState`."""
+    fused-compensation path) checks finiteness. With no staleness policy or Gap-Aware,
+    float32/float64 segments take the fused kernel (:func:`hvd_dc.kernels.dana`: the whole
+    push in one pass, the same bits); otherwise the torch path of
+    :class:`~hvd_dc.async_momentum.DanaState`."""
 
     def __init__(self, state: ServerState, base: _TorchUpdate) -> None:
         self.state = state
@@ -434,7 +436,7 @@ class _DanaUpdate:
         self._groups = [groups[state._group_index.index(seg.group)] for seg in state.layout.segments]
         self._ahead = [torch.empty(seg.numel, dtype=v.dtype, device=state.device)
                        for seg, v in zip(state.layout.segments, state.dana.total)]
-        fused = isinstance(base, _FusedCompensationUpdate) and not state.policy.active
+        fused = isinstance(base, _FusedCompensationUpdate) and state.policy.fusable
         self.fused_segments = [fused and seg.dtype in kernels.FUSED_DTYPES for seg in state.layout.segments]
         comp = state.compensator
         self._mean_square = ([comp.mean_square_of(m) for m in range(state.num_workers)] if comp.options.adaptive
@@ -452,8 +454,9 @@ class _DanaUpdate:
             for i, (g, w, wb, h) in enumerate(zip(grads, s.weight_segments, s.backup_segments[worker], hyper)):
                 kernels.dana(comp.variant, g, w, wb, self._mean_square[worker][i], dana.velocity[worker][i],
                              dana.total[i], None if reply is None else reply[i], comp.lambda0, comp.momentum,
-                             comp.eps, h, first)
+                             comp.eps, h, first, **s.policy.fused_arguments(i))
             dana.finish_push(worker)
+            s.policy.count_step()
             return reply is not None
         for i, (w, a, h) in enumerate(zip(s.weight_segments, self._ahead, hyper)):
             dana.lookahead(i, w, h["lr"], h["momentum"], a)

@@ -181,6 +181,24 @@ class StalenessPolicy:
             else:
                 g.copy_(g.to(cd).div_(ratio))
 
+    @property
+    def fusable(self) -> bool:
+        """The fused kernels can run this policy inside their pass (none or Gap-Aware)."""
+        return self.name in ("none", "gap_aware")
+
+    def fused_arguments(self, segment: int) -> Dict[str, Any]:
+        """The Gap-Aware arguments of :func:`hvd_dc.kernels.sgd`/``dana`` for one segment
+        (nothing for ``"none"``); after the fused step, call :meth:`count_step`."""
+        if not self.tracks_steps:
+            return {}
+        return {"gap": self.c_avg[segment], "gap_corr": 1.0 - GAP_MOMENTUM**self.updates if self.updates else 1.0,
+                "gap_damp": self.updates > 0}
+
+    def count_step(self) -> None:
+        """A fused kernel did one optimizer step and updated ``C``."""
+        if self.tracks_steps:
+            self.updates += 1
+
     def before_step(self, weights: Sequence[torch.Tensor]) -> None:
         if self.tracks_steps:
             for prev, w in zip(self._prev, weights):

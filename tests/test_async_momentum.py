@@ -69,16 +69,18 @@ def test_dana_replay_bit_matches_the_float32_transcription(kernels, variant, num
 
 
 @pytest.mark.skipif(not hvd_kernels.available(), reason="the C extension is not built")
+@pytest.mark.parametrize("policy", ["none", "gap_aware"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("variant", ["none", "adaptive"])
-def test_dana_fused_kernel_gives_the_torch_path_bits_with_every_option(dtype, variant):
+def test_dana_fused_kernel_gives_the_torch_path_bits_with_every_option(dtype, variant, policy):
     """maximize, dampening, weight decay, a first push after others, replies with and without
-    a push: the kernel and the torch path agree bit for bit."""
+    a push, Gap-Aware's damping and its running average: the kernel and the torch path agree
+    bit for bit."""
     n, M = 257, 3
     w0 = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(21))
     mk = lambda k: make_state(torch.optim.SGD([torch.nn.Parameter(w0.clone())], lr=0.05, momentum=0.8,  # noqa
                                               dampening=0.25, weight_decay=1e-2, maximize=True), M, kernels=k,
-                              variant=variant, async_momentum="dana")
+                              variant=variant, async_momentum="dana", staleness_policy=policy)
     fused, torch_path = mk("fused"), mk("torch")
     assert fused.update.fused_segments == [True] and torch_path.update.fused_segments == [False]
     for t, (op, m, g) in enumerate(schedule(M, 150, n, seed=22)):
@@ -90,6 +92,9 @@ def test_dana_fused_kernel_gives_the_torch_path_bits_with_every_option(dtype, va
     assert torch.equal(fused.weights, torch_path.weights)
     for a, b in zip(fused.dana.velocity, torch_path.dana.velocity):
         assert torch.equal(a[0], b[0])
+    for a, b in zip(fused.policy.c_avg, torch_path.policy.c_avg):
+        assert torch.equal(a, b)
+    assert fused.policy.updates == torch_path.policy.updates
 
 
 @pytest.mark.parametrize("variant,policy", [("none", "none"), ("adaptive", "none"), ("none", "gap_aware"),

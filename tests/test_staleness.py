@@ -92,7 +92,8 @@ def _run_both(policy, variant, lam, opt_kw, scale=0.5):
 def test_server_applies_the_policy_as_the_reference(policy, variant, lam, opt_kw):
     state, ref = _run_both(policy, variant, lam, opt_kw)
     assert max(ref.staleness) > 3  # the schedule reaches past tau_C = M = 3 (delay_adaptive acts)
-    assert not state.fused_sgd  # a policy runs the optimizer on the torch path
+    # Gap-Aware runs inside the fused SGD kernel; the scalar policies take the torch optimizer step
+    assert state.fused_sgd == (policy == "gap_aware" and kernels.available())
     if policy == "gap_aware":
         np.testing.assert_allclose(state.policy.c_avg[0].numpy(), ref.c_avg, rtol=1e-11, atol=1e-15)
         assert state.policy.updates == len(SCHEDULE)
@@ -114,28 +115,32 @@ def test_policy_none_keeps_the_fused_sgd_kernel():
 
 @pytest.mark.skipif(not kernels.available(), reason="the fused kernels are not built")
 @pytest.mark.parametrize("policy", POLICIES)
-def test_fused_compensation_and_torch_path_give_the_same_bits(policy, monkeypatch):
-    """With a policy, the compensation may still run in the fused kernel: same bits as torch's."""
+def test_fused_compensation_and_torch_path_give_the_same_bits(policy):
+    """With a policy, the compensation (and with Gap-Aware the whole step) runs in the fused
+    kernel: same bits as the torch path."""
     torch.manual_seed(0)
     shapes = [(6, 5), (7,)]
 
-    def run():
+    def run(kernel_choice):
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]  # float32
-        state = make_state(torch.optim.SGD(params, lr=0.05, momentum=0.9), 3, variant="adaptive",
-                           staleness_policy=policy)
+        state = make_state(torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3), 3,
+                           kernels=kernel_choice, variant="adaptive", staleness_policy=policy)
+        assert state.fused_segments == [kernel_choice == "fused"] * len(state.fused_segments)
         for step, (m, pull) in enumerate(SCHEDULE):
             if pull:
                 state.pull(m)
             gen = torch.Generator().manual_seed(step)
             push(state, m, [torch.randn(s, generator=gen) for s in shapes])
-        return flat_weights(state)
+        assert state.fused_sgd == (kernel_choice == "fused" and policy in ("none", "gap_aware"))
+        return flat_weights(state), state.policy.c_avg
 
     torch.manual_seed(0)
-    fused = run()
-    monkeypatch.setenv("HVD_DC_KERNELS", "torch")
+    fused, c_fused = run("fused")
     torch.manual_seed(0)
-    plain = run()
+    plain, c_plain = run("torch")
     assert torch.equal(fused, plain)
+    for a, b in zip(c_fused, c_plain):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
