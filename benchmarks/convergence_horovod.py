@@ -212,16 +212,17 @@ def execute(s: Dict) -> Dict:
 class Study:
     """The run file plus a pool: :meth:`ensure` runs whatever of a list is not done yet."""
 
-    def __init__(self, out: str, jobs: int, log):
+    def __init__(self, out: str, jobs: int, log, methods: Optional[List[str]] = None):
         self.cache = Cache(os.path.join(out, "runs.jsonl"))
         self.jobs = jobs
         self.log = log
+        self.methods = methods  # run only these (another process runs the rest)
 
     def get(self, s: Dict) -> Optional[Dict]:
         return self.cache.runs.get(key_of(s))
 
     def ensure(self, specs: Iterable[Dict]) -> List[Dict]:
-        specs = list(specs)
+        specs = [s for s in specs if self.methods is None or s["method"] in self.methods]
         todo, seen = [], set()
         for s in specs:
             k = key_of(s)
@@ -460,6 +461,8 @@ def main(argv=None) -> int:
                    f"${common.FASHION_ENV} or {common.FASHION_DEFAULT_DIR})")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (processes)")
+    p.add_argument("--methods", default=None, help="comma list: run only these methods' runs of the chosen parts "
+                   "(to share a part between processes)")
     p.add_argument("--report-only", action="store_true", help="only redraw the report from runs.jsonl")
     args = p.parse_args(argv)
     if args.data:
@@ -481,7 +484,7 @@ def main(argv=None) -> int:
         logf.write(msg + "\n")
         logf.flush()
 
-    study = Study(args.out, args.jobs, log)
+    study = Study(args.out, args.jobs, log, args.methods.split(",") if args.methods else None)
     command = "python benchmarks/convergence_horovod.py" + "".join(
         " " + a for a in (argv if argv is not None else sys.argv[1:]))
     if not args.report_only:

@@ -27,9 +27,10 @@ Horovod's ones (:func:`check`) and applies what they mean here (:func:`apply`):
   ``Adasum`` combines gradients of the same step across workers, which an asynchronous
   server never has: refused (with one worker, where Horovod's Adasum is the plain
   gradient, accepted). Every worker must pass the same ``op``.
-* ``async_momentum`` (:mod:`hvd_dc.async_momentum`): ``"auto"`` (default) is ``"dana"`` for
-  ``torch.optim.SGD`` with a momentum, ``"shared"`` otherwise (chosen by measurement,
-  benchmarks/CONVERGENCE_HOROVOD.md); ``"dana"`` and ``"reduced"`` need ``torch.optim.SGD``.
+* ``async_momentum``, ``staleness_policy`` and ``dc_variant`` default to ``"auto"``: what
+  :data:`MEASURED_DEFAULTS` says for the wrapped optimizer, chosen on validation data by
+  benchmarks/convergence_horovod.py (part ``select``; benchmarks/CONVERGENCE_HOROVOD.md).
+  ``"dana"`` and ``"reduced"`` need ``torch.optim.SGD``.
 * ``gradient_predivide_factor``: Horovod scales by ``1/f`` before the sum and ``f/size``
   after, which is the same average; there is no sum here, so nothing changes. Checked as
   Horovod does (``> 0``, only with ``op=Average``).
@@ -52,7 +53,8 @@ import torch
 from .collectives import Adasum, Average, ReduceOp, Sum, _check_process_set, allgather_object
 from .dc_math import ASYNC_MOMENTUM
 
-__all__ = ["HorovodOptions", "LR_SCALINGS", "check", "agree", "apply", "resolve_async_momentum", "lr_scale"]
+__all__ = ["HorovodOptions", "LR_SCALINGS", "MEASURED_DEFAULTS", "check", "agree", "apply", "optimizer_kind",
+           "resolve_defaults", "resolve_async_momentum", "lr_scale"]
 
 #: Accepted values of ``lr_scaling`` (besides ``"auto"``).
 LR_SCALINGS = ("per_step", "per_push")
@@ -64,12 +66,40 @@ class HorovodOptions(NamedTuple):
     lr_scaling: str = "per_step"
 
 
+#: What ``"auto"`` means, per kind of optimizer: (dc_variant, staleness_policy, async_momentum).
+#: The two SGD rows are the candidates with the lowest mean validation error over M = 4, 8,
+#: 16, 32 in benchmarks/convergence_horovod.py's part ``select`` (Fashion-MNIST, Horovod's
+#: lr * size(), momentum 0.9 or none; benchmarks/results/convergence_horovod/horovod.md):
+#: with momentum DANA + DC-ASGD-a + Gap-Aware (9.59 %, against 9.80 % without DC-ASGD-a and
+#: 10.94 % for Gap-Aware with a shared momentum; DANA alone diverged from M = 16 on), without
+#: it Gap-Aware alone (10.17 %, DC-ASGD-a + Gap-Aware 10.23 %: within noise, the rule is the
+#: lowest mean). Other optimizers keep DC-ASGD-a alone, hvd_dc's earlier default (not measured
+#: there: Gap-Aware and DANA are SGD's).
+MEASURED_DEFAULTS = {
+    "sgd_momentum": ("adaptive", "gap_aware", "dana"),
+    "sgd": ("none", "gap_aware", "shared"),
+    "other": ("adaptive", "none", "shared"),
+}
+
+
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """The row of :data:`MEASURED_DEFAULTS` for ``optimizer``."""
+    if type(optimizer) is not torch.optim.SGD:
+        return "other"
+    return "sgd_momentum" if any(float(g.get("momentum", 0.0)) > 0.0 for g in optimizer.param_groups) else "sgd"
+
+
+def resolve_defaults(optimizer: torch.optim.Optimizer, dc_variant: Any, staleness_policy: Any) -> tuple:
+    """``(dc_variant, staleness_policy)`` with ``"auto"`` replaced by the measured default."""
+    variant, policy, _ = MEASURED_DEFAULTS[optimizer_kind(optimizer)]
+    return (variant if dc_variant == "auto" else dc_variant, policy if staleness_policy == "auto" else staleness_policy)
+
+
 def resolve_async_momentum(value: Any, optimizer: torch.optim.Optimizer) -> str:
     """``async_momentum`` as the server runs it: ``"auto"`` resolved for ``optimizer``;
     ``ValueError`` for an unknown value or DANA/reduced on another class than SGD."""
     if value == "auto":
-        sgd = type(optimizer) is torch.optim.SGD
-        return "dana" if sgd and any(float(g.get("momentum", 0.0)) > 0.0 for g in optimizer.param_groups) else "shared"
+        return MEASURED_DEFAULTS[optimizer_kind(optimizer)][2]
     if value not in ASYNC_MOMENTUM:
         raise ValueError(f"async_momentum must be 'auto' or one of {', '.join(repr(a) for a in ASYNC_MOMENTUM)}; "
                          f"got {value!r}")

@@ -16,6 +16,7 @@ parameters are views of (:mod:`hvd_dc.worker_buffers`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import threading
@@ -58,12 +59,12 @@ def DistributedDCOptimizer(
     sparse_as_dense: bool = False,
     process_set: Any = global_process_set,
     *,
-    dc_variant: str = "adaptive",
+    dc_variant: str = "auto",
     dc_lambda: Optional[float] = None,
     dc_momentum: float = 0.95,
     dc_eps: float = 1e-7,
     dc_mean_square: str = "per_worker",
-    staleness_policy: str = "none",
+    staleness_policy: str = "auto",
     async_momentum: str = "auto",
     lr_scaling: str = "auto",
     nonfinite: str = "skip",
@@ -87,6 +88,12 @@ def DistributedDCOptimizer(
     the server's newest weights (which include them) into the model in place; ``pull()``
     fetches the newest weights without pushing; ``stats()`` reports counters.
 
+    ``dc_variant``, ``staleness_policy`` and ``async_momentum`` default to ``"auto"``: the
+    combination that measured best for the wrapped optimizer
+    (:data:`hvd_dc.optimizer_options.MEASURED_DEFAULTS`; benchmarks/CONVERGENCE_HOROVOD.md):
+    for ``SGD`` with momentum DANA + DC-ASGD-a + Gap-Aware, for plain ``SGD`` Gap-Aware,
+    for other optimizers DC-ASGD-a.
+
     ``dc_variant``: ``"adaptive"`` (DC-ASGD-a), ``"constant"`` (DC-ASGD-c) or ``"none"``
     (plain ASGD). ``dc_lambda=None`` takes the paper's lambda0 (2.0 adaptive, 0.04
     constant). ``dc_momentum`` and ``dc_eps`` are the adaptive variant's MeanSquare
@@ -97,7 +104,7 @@ def DistributedDCOptimizer(
 
     ``staleness_policy``: how the server also damps a stale gradient, after compensating
     it and before the optimizer step (:mod:`hvd_dc.staleness`, rules and sources there):
-    ``"none"`` (default), ``"staleness_lr"`` (the push's lr divided by its staleness,
+    ``"none"``, ``"staleness_lr"`` (the push's lr divided by its staleness,
     Zhang et al. 2016), ``"delay_adaptive"`` (divided by the staleness only above M,
     Koloskova et al. 2022) or ``"gap_aware"`` (each element divided by how far its weight
     moved since the pull, in units of the average update, Barkai et al. 2020). Meant for
@@ -107,8 +114,7 @@ def DistributedDCOptimizer(
     asynchrony (:mod:`hvd_dc.async_momentum`): ``"dana"`` (one momentum per worker, each
     worker sent the look-ahead ``w - lr*mu*sum_j v_j``; Hakimi et al. 2019), ``"shared"``
     (the optimizer's own step, one buffer), ``"reduced"`` (the momentum lowered for the
-    implicit momentum of M workers), ``"auto"`` (default: ``"dana"`` for SGD with a
-    momentum, else ``"shared"``).
+    implicit momentum of M workers).
 
     ``lr_scaling``: how much of a Horovod step one push is (:mod:`hvd_dc.optimizer_options`):
     ``"per_step"`` (a push is ``1/size()`` of an ``op=Average`` step: the server applies
@@ -152,11 +158,12 @@ def DistributedDCOptimizer(
         raise ValueError(f"{type(optimizer).__name__} is not supported by hvd_dc: its step does not take one gradient")
     if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an int >= 1; got {backward_passes_per_step!r}")
+    dc_variant, staleness_policy = optimizer_options.resolve_defaults(optimizer, dc_variant, staleness_policy)
+    dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square, staleness_policy,
+                          optimizer_options.resolve_async_momentum(async_momentum, optimizer))
     hvd_options = optimizer_options.check(op, gradient_predivide_factor, num_groups, groups, sparse_as_dense,
                                           process_set, context.current().num_workers, lr_scaling)
-    dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square, staleness_policy,
-                          optimizer_options.resolve_async_momentum(async_momentum, optimizer),
-                          optimizer_options.lr_scale(hvd_options, context.current().num_workers))
+    dc = dataclasses.replace(dc, lr_scale=optimizer_options.lr_scale(hvd_options, context.current().num_workers))
     comp = compression_name(compression)
     if nonfinite not in ("skip", "raise"):
         raise ValueError(f"nonfinite must be 'skip' or 'raise'; got {nonfinite!r}")
