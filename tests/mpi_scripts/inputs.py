@@ -16,7 +16,8 @@ with torch.no_grad():
     emb.weight.copy_(torch.arange(30, dtype=torch.float32).reshape(10, 3))
 named = [("emb.weight", emb.weight), ("unused", unused)]
 opt = hvd.DistributedDCOptimizer(torch.optim.SGD([emb.weight, unused], lr=float(n)), named_parameters=named,
-                                 dc_variant="constant", dc_lambda=0.0, nonfinite="raise")
+                                 dc_variant="constant", dc_lambda=0.0, nonfinite="raise",
+                                 staleness_policy="none")
 steps = 6
 for s in range(steps):
     opt.zero_grad()

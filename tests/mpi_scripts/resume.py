@@ -46,7 +46,7 @@ if args.mode == "conserve":
     if args.extra:
         named.append(("v", torch.nn.Parameter(torch.zeros(args.extra))))
     opt = torch.optim.SGD([t for _, t in named], lr=float(n))  # (n * (1/n)) == 1.0 exactly for n < 49
-    dc = dict(dc_variant="adaptive", dc_lambda=0.0)
+    dc = dict(dc_variant="adaptive", dc_lambda=0.0, staleness_policy="none")  # every push applied whole
 else:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))

@@ -22,7 +22,7 @@ me, n = hvd.rank(), hvd.size()
 base = torch.arange(args.size, dtype=torch.float32)
 w = torch.nn.Parameter(base.clone())
 opt = hvd.DistributedDCOptimizer(torch.optim.SGD([w], lr=float(n)), named_parameters=[("w", w)], dc_variant="adaptive",
-                                 dc_lambda=0.0)
+                                 dc_lambda=0.0, staleness_policy="none")
 rng = random.Random(me)
 
 
