@@ -53,11 +53,11 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 from mpi4py import MPI
 
-from .waiting import HorovodInternalError, HvdDcTimeout
+from .waiting import Backoff, HorovodInternalError, HvdDcTimeout
 
 __all__ = ["Descriptor", "Verdict", "TensorInfo", "Operation", "Engine", "Coordinator", "attach", "engine",
-           "engines", "register", "unregister", "CollectiveMismatch", "NEGOTIATE_TAG", "VERDICT_TAG",
-           "WITHDRAW_GRACE_S", "BLOCKED_REPORT_S", "JOINABLE"]
+           "engines", "register", "unregister", "finish_data_phases", "CollectiveMismatch", "NEGOTIATE_TAG",
+           "VERDICT_TAG", "WITHDRAW_GRACE_S", "BLOCKED_REPORT_S", "JOINABLE"]
 
 NEGOTIATE_TAG = 101  # member -> coordinator: ("desc", Descriptor), ("withdraw", key), ("blocked", key), ...
 VERDICT_TAG = 102  # coordinator -> member: Verdict
@@ -629,6 +629,19 @@ def unregister(eng: Engine) -> None:
 def engines() -> List[Engine]:
     """Every live engine of this member (the global set's first)."""
     return list(_engines)
+
+
+def finish_data_phases(timeout: float) -> None:
+    """Complete the data phases this member started (asynchronous collectives whose
+    handles were never synchronized) before MPI is finalized, which must not find them
+    active; at most ``timeout`` seconds. Collectives still waiting for a verdict cannot
+    complete without the other members and are left."""
+    end = time.monotonic() + timeout
+    backoff = Backoff()
+    while any(eng.running for eng in _engines) and time.monotonic() < end:
+        for eng in list(_engines):
+            eng.progress()
+        backoff.wait()
 
 
 def attach(ctx: Any) -> None:

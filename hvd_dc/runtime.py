@@ -25,6 +25,7 @@ from .fault_injection import arm as _arm_fault
 from .handshake import agree_on_settings
 from .host_checks import check_world_size
 from .negotiation import attach as _attach_collectives
+from .negotiation import finish_data_phases
 from .protocol import Goodbye, Tag
 from .server import ServerAbort, serve
 from .settings import Settings
@@ -174,6 +175,7 @@ def shutdown() -> None:
         return
     if ctx.server_lost:
         abort_job(f"hvd_dc worker {ctx.worker_rank}: a parameter server stopped answering; ending the job")
+    finish_data_phases(ctx.settings.timeout)
     for s in ctx.topology.server_ranks:
         ctx.world.send(Goodbye(), dest=s, tag=Tag.CONTROL)
     for served in ctx.served:
