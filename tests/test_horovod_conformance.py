@@ -39,7 +39,8 @@ CASES = [
     "gradient_clipping", "sync_batch_norm",
     "match_by_name", "process_set_collectives", "process_set_grads", "process_set_independent",
     "process_set_mismatch", "process_set_timeout", "process_set_add_remove", "process_set_non_member",
-    "process_set_optimizer", "parameter_names_without_named_parameters", "sparse_allreduce",
+    "process_set_optimizer", "process_sets_at_init", "parameter_names_without_named_parameters",
+    "sparse_allreduce",
 ]
 
 

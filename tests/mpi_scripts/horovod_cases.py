@@ -1083,6 +1083,23 @@ def process_set_optimizer(r, n):
     return {"message": msg}
 
 
+#: the sets process_sets_at_init passes to hvd.init (main() does)
+AT_INIT = [hvd.ProcessSet([1]), hvd.ProcessSet([0])]
+
+
+@case
+def process_sets_at_init(r, n):
+    """hvd.init(process_sets=[...]) (Horovod's keyword) adds the sets on every worker, in
+    the list's order; anything but a list or 'dynamic' is a ValueError."""
+    assert [ps.process_set_id for ps in AT_INIT] == [1, 2] and [ps.ranks for ps in AT_INIT] == [[1], [0]]
+    mine = AT_INIT[1 - r]
+    assert mine.included() and mine.rank() == 0
+    assert hvd.allreduce(torch.ones(1) * (r + 1), op=hvd.Sum, process_set=mine).tolist() == [float(r + 1)]
+    raises(lambda: hvd.init(process_sets=5), ValueError)
+    hvd.init(process_sets="dynamic")  # already initialised: accepted, nothing happens
+    return {}
+
+
 # -- the optimizer's parameter names, sparse allreduce ------------------------------------------------
 
 
@@ -1135,7 +1152,7 @@ def main():
     p = parser()
     p.add_argument("--case", required=True, choices=sorted(CASES))
     args = p.parse_args()
-    hvd.init()
+    hvd.init(process_sets=AT_INIT if args.case == "process_sets_at_init" else None)
     r, n = hvd.rank(), hvd.size()
     details = CASES[args.case](r, n)
     write_result(args.out, r, ok=True, case=args.case, size=n, **(details or {}))
