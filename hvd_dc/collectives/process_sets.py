@@ -212,7 +212,9 @@ def add_process_set(process_set: Union[ProcessSet, Sequence[int]]) -> ProcessSet
     me = ctx.workers.Get_rank()
     where = f" in process set {set_id} {ranks}"
     if me in ranks:
-        # only the members take part; every worker agreed on these ranks just now
+        # a blocking MPI call, but not an unbounded wait: every member holds the same verdict
+        # and reaches this line without running any user code in between (MPI has no
+        # non-blocking form); only the members take part
         comm = ctx.workers.Create_group(ctx.workers.Get_group().Incl(ranks), tag=set_id)
         eng = Engine(comm, glob.timeout, members=ranks, servers=glob.servers, where=where)
         register(eng)
