@@ -916,6 +916,17 @@ def process_set_grads(r, n):
         out = hvd.reducescatter(t, op=hvd.Sum, process_set=a)
         out.backward(torch.ones_like(out))
         assert torch.equal(t.grad, torch.full_like(t, 2.0))
+        ts = [torch.ones(3, dtype=torch.float64).requires_grad_() for _ in range(2)]
+        for o in hvd.grouped_allreduce(ts, op=hvd.Sum, process_set=a):
+            o.backward(torch.ones(3, dtype=torch.float64))
+        assert all(torch.equal(t.grad, torch.full((3,), 2.0, dtype=torch.float64)) for t in ts)
+        t = torch.arange(3, dtype=torch.float64).requires_grad_()
+        out, _ = hvd.alltoall(t, splits=torch.tensor([1, 2], dtype=torch.int32), process_set=a)
+        out.backward(torch.arange(out.numel(), dtype=torch.float64) + 1)
+        # each row's gradient comes back from the member it went to: set rank 0 received row 0
+        # of both (gradients 1, 2), set rank 1 rows 1-2 of both (gradients 1, 2 | 3, 4)
+        back = [1.0, 1.0, 2.0] if a.rank() == 0 else [2.0, 3.0, 4.0]
+        assert t.grad.tolist() == back, t.grad.tolist()
     hvd.barrier()
     return {}
 
