@@ -63,11 +63,15 @@ def join(device: int = -1) -> int:
                 eng.broken = "an allreduce served from join() did not complete"
                 raise HvdDcTimeout(f"hvd_dc worker {eng.worker_rank}: an allreduce served from join() did not "
                                    f"complete within {eng.timeout:g} s")
-            missing = eng.not_joined()
+            missing = eng.not_joined()  # before leaving: on the coordinator, who has not joined
             eng.leave_join()
-            who = (f": workers {missing} neither joined nor called an allreduce" if missing else "")
-            raise HvdDcTimeout(f"hvd_dc worker {eng.worker_rank}: join() waited {eng.timeout:g} s for the other "
-                               f"workers{who} (set HVD_DC_TIMEOUT to wait longer)")
+            if eng.coordinator is not None:
+                who = f"workers {missing} neither joined nor called an allreduce"
+            else:
+                who = (f"no allreduce or end of join came from {eng.describe(0)}, which coordinates collectives and "
+                       "names the workers that did not join when it waits in join() too")
+            raise HvdDcTimeout(f"hvd_dc worker {eng.worker_rank}: join() waited {eng.timeout:g} s: {who} (set "
+                               "HVD_DC_TIMEOUT to wait longer)")
         backoff.wait()
 
 
