@@ -17,6 +17,7 @@ ENV = {
     "reducescatter_mismatch": SHORT, "out_of_step": SHORT, "join_other_collectives": SHORT,
     "optimizer_op_mismatch": SHORT, "process_set_mismatch": SHORT, "process_set_add_remove": SHORT,
     "barrier_and_timeout": {"HVD_DC_TIMEOUT": "3"}, "process_set_timeout": {"HVD_DC_TIMEOUT": "3"},
+    "join_timeout": {"HVD_DC_TIMEOUT": "3"},
     # a regression (waiting for the name until the timeout) must show as slow, not pass after 60 s
     "match_by_name": {"HVD_DC_TIMEOUT": "30"},
 }
@@ -33,7 +34,7 @@ CASES = [
     "broadcast", "broadcast_mismatch", "broadcast_grad",
     "alltoall", "alltoall_argument_errors", "alltoall_mismatch", "alltoall_grad",
     "reducescatter", "reducescatter_mismatch", "reducescatter_grad", "grouped_reducescatter",
-    "objects", "join_allreduce", "join_other_collectives", "barrier_and_timeout", "out_of_step",
+    "objects", "join_allreduce", "join_other_collectives", "join_timeout", "barrier_and_timeout", "out_of_step",
     "optimizer_keywords", "optimizer_op_sum", "optimizer_op_mismatch", "checkpoint_after_wrap",
     "broadcast_state_options", "broadcast_state_no_grad", "named_parameters", "unused_parameters",
     "gradient_clipping", "sync_batch_norm",

@@ -530,6 +530,23 @@ def join_other_collectives(r, n):
 
 
 @case
+def join_timeout(r, n):
+    """A join() that no other worker answers ends in HvdDcTimeout after HVD_DC_TIMEOUT: on
+    the coordinator naming the workers that did not join, elsewhere naming the coordinator
+    it waited on."""
+    if r == 0:
+        time.sleep(4.5)  # HVD_DC_TIMEOUT=3 for this case: worker 1 has given up by now
+        msg, _ = raises(hvd.join, hvd.HvdDcTimeout)
+        assert "workers [1] neither joined" in msg, msg
+    else:
+        msg, _ = raises(hvd.join, hvd.HvdDcTimeout)
+        assert "worker 0 (world rank 1)" in msg, msg
+        time.sleep(5.5)  # until worker 0's own join() gave up too (a barrier now would meet it in join())
+    hvd.barrier()
+    return {"message": msg}
+
+
+@case
 def barrier_and_timeout(r, n):
     """A worker missing from a collective is named, after HVD_DC_TIMEOUT, in a
     HorovodInternalError (a RuntimeError) on every worker that waited, and the late worker
