@@ -16,7 +16,7 @@ from mpi4py import MPI
 from ..compression import Compression
 from ..negotiation import Engine, Verdict
 from .handles import submit, synchronize
-from .ops import MPI_OPS, WIDE, Average, ReduceOp, check_tensor, compressor, host, resolve_op, scale, wants_grad
+from .ops import MPI_OPS, WIDE, ReduceOp, check_tensor, compressor, host, resolve_op, scale, wants_grad
 from .process_sets import global_process_set, resolve
 
 __all__ = ["allreduce", "allreduce_", "allreduce_async", "allreduce_async_", "grouped_allreduce",
