@@ -24,8 +24,9 @@ Module map (each module's docstring says what it owns):
 * :mod:`hvd_dc.runtime`      init/shutdown, roles, ranks; :mod:`hvd_dc.context` what init set up
 * :mod:`hvd_dc.settings`     every ``HVD_DC_*`` variable, read once at init
 * :mod:`hvd_dc.waiting`      every wait on another rank: bounded, naming the rank
-* :mod:`hvd_dc.collectives`  Horovod's collectives among the workers; :mod:`hvd_dc.negotiation` the
-  workers' agreement before each (mismatch errors on every worker, bounded waits)
+* :mod:`hvd_dc.collectives`  Horovod's collectives among the workers, one family per module, and
+  process sets; :mod:`hvd_dc.negotiation` the members' agreement before each (matched by name,
+  mismatch errors on every member, bounded waits)
 * :mod:`hvd_dc.weights_sync` broadcast_parameters after wrapping: the server takes the weights
 * :mod:`hvd_dc.optimizer_options` Horovod's DistributedOptimizer keywords (op, ...) for async pushes
 * :mod:`hvd_dc.horovod_compat` SyncBatchNorm, cross ranks, *_built() queries; :mod:`hvd_dc.elastic` (refused)
@@ -48,6 +49,7 @@ from .collectives import (
     Max,
     Min,
     ProcessSet,
+    ProcessSetError,
     Product,
     ReduceOp,
     Sum,
@@ -83,6 +85,7 @@ from .collectives import (
     reducescatter,
     reducescatter_async,
     remove_process_set,
+    sparse_allreduce_async,
     synchronize,
 )
 from .compression import Compression
@@ -124,8 +127,9 @@ __all__ = [
     "broadcast", "broadcast_", "broadcast_async", "broadcast_async_", "broadcast_object",
     "alltoall", "alltoall_async",
     "reducescatter", "reducescatter_async", "grouped_reducescatter", "grouped_reducescatter_async",
+    "sparse_allreduce_async",
     "broadcast_parameters", "broadcast_optimizer_state",
-    "ProcessSet", "global_process_set", "add_process_set", "remove_process_set",
+    "ProcessSet", "global_process_set", "add_process_set", "remove_process_set", "ProcessSetError",
     "Compression", "DistributedOptimizer", "DistributedDCOptimizer", "SyncBatchNorm", "elastic",
     "ReduceOp", "Average", "Sum", "Min", "Max", "Product", "Adasum",
     "HorovodInternalError", "HvdDcTimeout", "CollectiveMismatch", "DivergenceWarning",

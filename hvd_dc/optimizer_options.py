@@ -39,7 +39,13 @@ Horovod's ones (:func:`check`) and applies what they mean here (:func:`apply`):
   in Horovod: a ``DeprecationWarning``), no other effect.
 * ``sparse_as_dense``: sparse gradients are always pushed dense (the same values; the
   server applies them as dense), so both values give the same result.
-* ``process_set``: only the global process set; any other is a ``ValueError``.
+* ``process_set``: only the global process set; any other is a ``ValueError`` saying
+  why. Every worker pushes its gradients to the one parameter server, whatever the set,
+  and a set of workers cannot train a model of its own: a model is registered with the
+  server by a collective of all the workers, which allocates its windows over all of them
+  (and the server takes part), so the server has one model per ``DistributedOptimizer``
+  call of every worker, never one per set. Process sets work for the collectives
+  (``hvd.allreduce(..., process_set=...)``).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from typing import Any, List, NamedTuple
 
 import torch
 
-from .collectives import Adasum, Average, ReduceOp, Sum, _check_process_set, allgather_object
+from .collectives import Adasum, Average, ReduceOp, Sum, allgather_object, is_global
 from .dc_math import ASYNC_MOMENTUM
 
 __all__ = ["HorovodOptions", "LR_SCALINGS", "MEASURED_DEFAULTS", "check", "agree", "apply", "optimizer_kind",
@@ -157,7 +163,13 @@ def check(op: Any, gradient_predivide_factor: Any, num_groups: Any, groups: Any,
                     seen.add(id(p))
     if not isinstance(sparse_as_dense, bool):
         raise ValueError(f"sparse_as_dense must be True or False; got {sparse_as_dense!r}")
-    _check_process_set(process_set)
+    if not is_global(process_set):
+        raise ValueError(
+            f"DistributedOptimizer(process_set={process_set}): hvd_dc trains one model on the parameter server and "
+            "every worker pushes its gradients there, so a process set cannot train a model of its own (a model is "
+            "registered with the server by all the workers together, and the server's windows span all of them); "
+            "leave process_set out (the global set). Process sets work for collectives: "
+            "hvd.allreduce(..., process_set=...)")
     return HorovodOptions(op, float(gradient_predivide_factor), lr_scaling)
 
 

@@ -14,17 +14,19 @@ import logging
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import Any, Optional
 
 from mpi4py import MPI
 
 from . import context as _context
 from . import roll_call
+from .collectives import add_process_set
 from .context import Context
 from .fault_injection import arm as _arm_fault
 from .handshake import agree_on_settings
 from .host_checks import check_world_size
 from .negotiation import attach as _attach_collectives
+from .negotiation import finish_data_phases
 from .protocol import Goodbye, Tag
 from .server import ServerAbort, serve
 from .settings import Settings
@@ -33,7 +35,7 @@ __all__ = ["init", "shutdown", "is_initialized", "size", "rank", "local_rank", "
 
 
 def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start_timeout: Optional[float] = None,
-         servers: Optional[int] = None) -> None:
+         servers: Optional[int] = None, process_sets: Any = None) -> None:
     """Start hvd_dc. World ranks ``0 .. servers-1`` become parameter servers and never return.
 
     ``comm``: the MPI communicator of the job (default ``MPI.COMM_WORLD``); Horovod's
@@ -45,7 +47,15 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
     README "Scaling out"). Every other setting comes from the
     ``HVD_DC_*`` environment variables, read here once (:mod:`hvd_dc.settings`). Calling
     ``init`` twice is harmless.
+
+    ``process_sets``: Horovod's keyword: a list of :class:`~hvd_dc.ProcessSet` (or rank
+    lists) that every worker adds right after starting, as :func:`hvd_dc.add_process_set`
+    would; ``"dynamic"`` (Horovod's switch for adding sets later) is accepted and changes
+    nothing, since hvd_dc's sets can always be added later.
     """
+    if not (process_sets is None or process_sets == "dynamic" or isinstance(process_sets, (list, tuple))):
+        raise ValueError(f"hvd_dc.init(process_sets=...) takes a list of ProcessSet objects or 'dynamic'; got "
+                         f"{process_sets!r}")
     if comm is not None and not isinstance(comm, MPI.Comm):
         raise TypeError(
             f"hvd_dc.init(comm=...) takes an mpi4py communicator; got {type(comm).__name__} "
@@ -88,6 +98,9 @@ def init(comm: Optional[MPI.Comm] = None, timeout: Optional[float] = None, start
         _run_server(ctx)  # never returns
     _attach_collectives(ctx)  # the workers' collectives: collective over the workers, like the splits above
     atexit.register(_shutdown_at_exit)
+    if isinstance(process_sets, (list, tuple)):
+        for process_set in process_sets:
+            add_process_set(process_set)
 
 
 _HARNESS_NOTICE = (
@@ -174,6 +187,7 @@ def shutdown() -> None:
         return
     if ctx.server_lost:
         abort_job(f"hvd_dc worker {ctx.worker_rank}: a parameter server stopped answering; ending the job")
+    finish_data_phases(ctx.settings.timeout)
     for s in ctx.topology.server_ranks:
         ctx.world.send(Goodbye(), dest=s, tag=Tag.CONTROL)
     for served in ctx.served:

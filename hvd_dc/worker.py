@@ -158,6 +158,9 @@ def DistributedDCOptimizer(
         raise ValueError(f"{type(optimizer).__name__} is not supported by hvd_dc: its step does not take one gradient")
     if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an int >= 1; got {backward_passes_per_step!r}")
+    # the parameters and their names are checked before anything needs init(), as Horovod's
+    # constructor does (a duplicate name is a ValueError even in a process that never initialised)
+    params, names = _trained_parameters(optimizer, named_parameters)
     dc_variant, staleness_policy = optimizer_options.resolve_defaults(optimizer, dc_variant, staleness_policy)
     dc = DCOptions.create(dc_variant, dc_lambda, dc_momentum, dc_eps, dc_mean_square, staleness_policy,
                           optimizer_options.resolve_async_momentum(async_momentum, optimizer))
@@ -176,8 +179,9 @@ def DistributedDCOptimizer(
     chunk_bytes = ctx.settings.chunk_bytes if chunk_bytes is None else chunk_bytes
     if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 0:
         raise ValueError(f"chunk_bytes must be an int >= 0 (0: one chunk per group and dtype); got {chunk_bytes!r}")
-    params, names = _trained_parameters(optimizer, named_parameters)
     device = worker_device((n, p) for (p, _), n in zip(params, names))
+    # Horovod's optimizer keeps {parameter: name}; scripts and Horovod's tests read it
+    optimizer._parameter_names = {p: n for (p, _), n in zip(params, names)}  # type: ignore[attr-defined]
     if ctx.role == "solo":
         _attach_solo(optimizer)
         return optimizer
@@ -272,6 +276,7 @@ def _trained_parameters(optimizer, named_parameters):
         if p.is_sparse:
             raise ValueError("sparse parameters are not supported")
     if named_parameters is None:
+        # the same names on every worker, so that their models compare equal
         names = [f"param.{gi}.{i}" for i, (_, gi) in enumerate(params)]
         return params, names
     named = list(named_parameters)

@@ -530,6 +530,23 @@ def join_other_collectives(r, n):
 
 
 @case
+def join_timeout(r, n):
+    """A join() that no other worker answers ends in HvdDcTimeout after HVD_DC_TIMEOUT: on
+    the coordinator naming the workers that did not join, elsewhere naming the coordinator
+    it waited on."""
+    if r == 0:
+        time.sleep(4.5)  # HVD_DC_TIMEOUT=3 for this case: worker 1 has given up by now
+        msg, _ = raises(hvd.join, hvd.HvdDcTimeout)
+        assert "workers [1] neither joined" in msg, msg
+    else:
+        msg, _ = raises(hvd.join, hvd.HvdDcTimeout)
+        assert "worker 0 (world rank 1)" in msg, msg
+        time.sleep(5.5)  # until worker 0's own join() gave up too (a barrier now would meet it in join())
+    hvd.barrier()
+    return {"message": msg}
+
+
+@case
 def barrier_and_timeout(r, n):
     """A worker missing from a collective is named, after HVD_DC_TIMEOUT, in a
     HorovodInternalError (a RuntimeError) on every worker that waited, and the late worker
@@ -590,7 +607,6 @@ def optimizer_keywords(r, n):
     raises(lambda: hvd.DistributedOptimizer(o2, m2.named_parameters(), process_set=hvd.ProcessSet([0])), ValueError)
     raises(lambda: hvd.DistributedOptimizer(o2, m2.named_parameters(), groups=[[m2[0].weight, m2[0].weight]]),
            ValueError)
-    raises(lambda: hvd.add_process_set([0]), ValueError)
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter("always")
         hvd.DistributedOptimizer(o2, m2.named_parameters(), num_groups=2)
@@ -816,11 +832,360 @@ def sync_batch_norm(r, n):
     return {}
 
 
+# -- collectives matched by name ------------------------------------------------------------------
+
+
+@case
+def match_by_name(r, n):
+    """Collectives are matched by name, as in Horovod, so one left pending does not hold up
+    the others: worker 0 starts allreduce 'pending' and passes a barrier that worker 1
+    reaches before it starts 'pending' (Horovod's *_duplicate_name_error tests do this; the
+    workers used to wait on the barrier until HVD_DC_TIMEOUT). Named asynchronous
+    collectives may also be started in different orders."""
+    t0 = time.monotonic()
+    t = torch.ones(3) * (r + 1)
+    if r == 0:
+        h = hvd.allreduce_async(t, name="pending", op=hvd.Sum)
+    hvd.barrier()
+    if r != 0:
+        h = hvd.allreduce_async(t, name="pending", op=hvd.Sum)
+    hvd.barrier()
+    assert hvd.synchronize(h).tolist() == [float(n * (n + 1) // 2)] * 3
+    order = ["a", "b"] if r == 0 else ["b", "a"]
+    handles = {name: hvd.allgather_async(torch.full((1,), float(r)), name=name) for name in order}
+    for name in ("a", "b"):
+        assert hvd.synchronize(handles[name]).tolist() == [float(i) for i in range(n)]
+    seconds = time.monotonic() - t0
+    assert seconds < 10, f"took {seconds:.1f} s (HVD_DC_TIMEOUT=30 here: a wait that times out is a regression)"
+    return {"seconds": seconds}
+
+
+# -- process sets -----------------------------------------------------------------------------------
+
+
+def _values(x):
+    return torch.tensor([float(x + 1), 10.0 * (x + 1)])
+
+
+@case
+def process_set_collectives(r, n):
+    """Every family of collectives inside process sets of 3 workers: [0, 2] (not
+    contiguous) and [1, 2] (coordinated by worker 1, with worker 0 outside); ranks are
+    worker ranks, results are in set-rank order, Average divides by the set's size."""
+    assert n == 3
+    a = hvd.add_process_set([2, 0])
+    c = hvd.add_process_set(hvd.ProcessSet([1, 2]))
+    assert (a.ranks, c.ranks, a.process_set_id, c.process_set_id) == ([0, 2], [1, 2], 1, 2)
+    assert a.size() == 2 and c.size() == 2 and hvd.global_process_set.ranks == [0, 1, 2]
+    assert hvd.global_process_set.rank() == r and hvd.global_process_set.size() == n
+    assert [a.included(), c.included()] == [r in (0, 2), r in (1, 2)]
+    for ps in (a, c):
+        if not ps.included():
+            continue
+        assert ps.rank() == ps.ranks.index(r)
+        root = ps.ranks[-1]  # a worker rank: set rank 1
+        t = _values(r)
+        total = sum(_values(x) for x in ps.ranks)
+        assert torch.equal(hvd.allreduce(t, op=hvd.Sum, process_set=ps), total)
+        assert torch.equal(hvd.allreduce(t, process_set=ps), total / 2)
+        assert torch.equal(hvd.synchronize(hvd.allreduce_async(t, op=hvd.Max, name="m", process_set=ps)),
+                           _values(max(ps.ranks)))
+        summed = hvd.grouped_allreduce([t, 2 * t], op=hvd.Sum, process_set=ps)
+        assert torch.equal(summed[0], total) and torch.equal(summed[1], 2 * total)
+        gathered = hvd.allgather(torch.full((r + 1, 2), float(r)), process_set=ps)
+        assert torch.equal(gathered, torch.cat([torch.full((x + 1, 2), float(x)) for x in ps.ranks]))
+        assert torch.equal(hvd.broadcast(torch.full((3,), float(r)), root_rank=root, process_set=ps),
+                           torch.full((3,), float(root)))
+        send = torch.arange(3, dtype=torch.float32) + 100 * r  # row 0 to set rank 0, rows 1-2 to set rank 1
+        got, received = hvd.alltoall(send, splits=torch.tensor([1, 2], dtype=torch.int32), process_set=ps)
+        mine = [0] if ps.rank() == 0 else [1, 2]
+        assert got.tolist() == [100.0 * x + i for x in ps.ranks for i in mine]
+        assert received.tolist() == [len(mine)] * 2
+        rows = hvd.reducescatter(torch.arange(10.0).reshape(5, 2) * (r + 1), op=hvd.Sum, process_set=ps)
+        full = torch.arange(10.0).reshape(5, 2) * sum(x + 1 for x in ps.ranks)
+        assert torch.equal(rows, full[:3] if ps.rank() == 0 else full[3:])
+        hvd.barrier(process_set=ps)
+        assert hvd.allgather_object(f"w{r}", process_set=ps) == [f"w{x}" for x in ps.ranks]
+        assert hvd.broadcast_object({"from": r}, root_rank=root, process_set=ps) == {"from": root}
+        torch.manual_seed(r)
+        sparse = torch.rand(6, 4).mul(torch.rand(6, 4) > 0.6).to_sparse()
+        dense = hvd.allreduce(sparse.to_dense(), process_set=ps)
+        reduced = hvd.sparse_allreduce_async(sparse, name="sp", op=hvd.Average, process_set=ps)()
+        assert torch.allclose(reduced.to_dense(), dense, atol=1e-6)
+    hvd.barrier()
+    assert hvd.allreduce(torch.ones(1), op=hvd.Sum).tolist() == [float(n)]
+    return {}
+
+
+@case
+def process_set_grads(r, n):
+    """Autograd through collectives in a set: the gradients are reduced over the set only."""
+    assert n == 3
+    a = hvd.add_process_set([0, 2])
+    if a.included():
+        for op, k in ((hvd.Sum, 2.0), (hvd.Average, 1.0)):
+            t = torch.ones(4, dtype=torch.float64).requires_grad_()
+            hvd.allreduce(t, op=op, process_set=a).backward(torch.ones(4, dtype=torch.float64))
+            assert torch.equal(t.grad, torch.full((4,), k, dtype=torch.float64)), op
+        t = torch.full((r + 1, 3), float(r), dtype=torch.float64).requires_grad_()
+        g = hvd.allgather(t, process_set=a)
+        g.backward(torch.cat([torch.full((x + 1, 3), float(x), dtype=torch.float64) for x in a.ranks]))
+        assert torch.equal(t.grad, torch.full_like(t, float(r)))
+        t = torch.ones(3, dtype=torch.float64).requires_grad_()
+        hvd.broadcast(t, root_rank=2, process_set=a).backward(torch.ones(3, dtype=torch.float64))
+        assert torch.equal(t.grad, torch.full_like(t, 1.0 if r == 2 else 0.0))
+        t = torch.ones(4, 2, dtype=torch.float64).requires_grad_()
+        out = hvd.reducescatter(t, op=hvd.Sum, process_set=a)
+        out.backward(torch.ones_like(out))
+        assert torch.equal(t.grad, torch.full_like(t, 2.0))
+        ts = [torch.ones(3, dtype=torch.float64).requires_grad_() for _ in range(2)]
+        for o in hvd.grouped_allreduce(ts, op=hvd.Sum, process_set=a):
+            o.backward(torch.ones(3, dtype=torch.float64))
+        assert all(torch.equal(t.grad, torch.full((3,), 2.0, dtype=torch.float64)) for t in ts)
+        t = torch.arange(3, dtype=torch.float64).requires_grad_()
+        out, _ = hvd.alltoall(t, splits=torch.tensor([1, 2], dtype=torch.int32), process_set=a)
+        out.backward(torch.arange(out.numel(), dtype=torch.float64) + 1)
+        # each row's gradient comes back from the member it went to: set rank 0 received row 0
+        # of both (gradients 1, 2), set rank 1 rows 1-2 of both (gradients 1, 2 | 3, 4)
+        back = [1.0, 1.0, 2.0] if a.rank() == 0 else [2.0, 3.0, 4.0]
+        assert t.grad.tolist() == back, t.grad.tolist()
+    hvd.barrier()
+    return {}
+
+
+@case
+def process_set_independent(r, n):
+    """Collectives of different sets do not wait for one another: worker 2 starts an
+    allreduce in set [0, 2] that worker 0 reaches 3 s later, and meanwhile completes one in
+    set [1, 2] with worker 1."""
+    assert n == 3
+    a = hvd.add_process_set([0, 2])
+    c = hvd.add_process_set([1, 2])
+    t0 = time.monotonic()
+    fast = None
+    if r == 0:
+        time.sleep(3)
+        slow = hvd.allreduce(torch.ones(2), op=hvd.Sum, name="slow", process_set=a)
+    elif r == 1:
+        hvd.allreduce(torch.ones(2), op=hvd.Sum, name="fast", process_set=c)
+        fast = time.monotonic() - t0
+    else:
+        h = hvd.allreduce_async(torch.ones(2), op=hvd.Sum, name="slow", process_set=a)
+        hvd.allreduce(torch.ones(2), op=hvd.Sum, name="fast", process_set=c)
+        fast = time.monotonic() - t0
+        assert not hvd.poll(h), "the allreduce of set [0, 2] completed without worker 0"
+        slow = hvd.synchronize(h)
+    if fast is not None:
+        assert fast < 2.0, f"the allreduce of set [1, 2] took {fast:.1f} s: it waited for set [0, 2]"
+    if r != 1:
+        assert slow.tolist() == [2.0, 2.0]
+    hvd.barrier()
+    return {"fast": fast}
+
+
+@case
+def process_set_mismatch(r, n):
+    """A mismatch inside a set is an error on its members at once, naming them by worker
+    rank and the set; the worker outside is not involved, and the set works afterwards."""
+    assert n == 3
+    a = hvd.add_process_set([0, 2])
+    messages = []
+    if a.included():
+        messages.append(_expect_mismatch(lambda: hvd.allreduce(torch.ones(3 + r), name="g", process_set=a),
+                                         "'g'", "shape", "worker 0", "worker 2", "process set 1 [0, 2]"))
+        messages.append(_expect_mismatch(lambda: hvd.allreduce(torch.ones(2), name="x" if r == 0 else "y",
+                                                               process_set=a), "names", "'x'", "'y'"))
+        messages.append(_expect_mismatch(
+            lambda: hvd.allreduce(torch.ones(2), process_set=a) if r == 0 else hvd.allgather(torch.ones(2),
+                                                                                            process_set=a),
+            "allreduce", "allgather"))
+        assert hvd.allreduce(torch.ones(2), op=hvd.Sum, process_set=a).tolist() == [2.0, 2.0]
+    hvd.barrier()
+    return {"messages": messages}
+
+
+@case
+def process_set_timeout(r, n):
+    """A member of a set that does not arrive is named by its worker and world rank after
+    HVD_DC_TIMEOUT on the members that waited, and raises too when it arrives."""
+    assert n == 3
+    c = hvd.add_process_set([1, 2])
+    msg = None
+    if r == 2:
+        time.sleep(4.5)  # HVD_DC_TIMEOUT=3 for this case
+    if c.included():
+        msg, _ = raises(lambda: hvd.allreduce(torch.ones(2), name="late", process_set=c), hvd.HvdDcTimeout)
+        assert "late" in msg and "process set 1 [1, 2]" in msg, msg
+        if r == 1:
+            assert "worker 2 (world rank 3) did not reach" in msg, msg
+        assert hvd.allreduce(torch.ones(2), op=hvd.Sum, process_set=c).tolist() == [2.0, 2.0]
+    else:
+        # the set is done about 4.6 s in; arrive after that, within their 3 s wait, so that the
+        # server does not see worker 0 finish long before the others
+        time.sleep(5.5)
+    hvd.barrier()
+    return {"message": msg}
+
+
+@case
+def process_set_add_remove(r, n):
+    """add_process_set and remove_process_set with Horovod's results and errors; workers
+    that add different sets get an error on every worker."""
+    from mpi4py import MPI
+
+    s0 = hvd.add_process_set([0])
+    s1 = hvd.add_process_set([1])
+    assert (s0.process_set_id, s1.process_set_id) == (1, 2)
+    raises(lambda: hvd.add_process_set([0]), ValueError)  # the ranks of s0
+    raises(lambda: hvd.add_process_set(list(range(n))), ValueError)  # the ranks of the global set
+    raises(lambda: hvd.add_process_set([0, n]), ValueError)  # n is no worker rank
+    raises(lambda: hvd.add_process_set([]), ValueError)
+    raises(lambda: hvd.add_process_set(hvd.ProcessSet(MPI.COMM_WORLD)), NotImplementedError)
+    raises(lambda: hvd.ProcessSet(["a"]), ValueError)
+    assert hvd.remove_process_set(s1) is True and s1.process_set_id is None and s1.size() is None
+    assert hvd.remove_process_set(s1) is False
+    assert hvd.remove_process_set(hvd.global_process_set) is False
+    msg, _ = raises(lambda: hvd.allreduce(torch.ones(1), process_set=s1), hvd.ProcessSetError)
+    assert "not been registered" in msg, msg
+    s1 = hvd.add_process_set([1])  # the same ranks again: a new set, a new id
+    assert s1.process_set_id == 3
+    mine = s0 if r == 0 else s1
+    assert hvd.allreduce(torch.ones(1) * (r + 1), op=hvd.Sum, process_set=mine).tolist() == [float(r + 1)]
+    assert hvd.remove_process_set(s0) is True and hvd.remove_process_set(s1) is True
+    msg = _expect_mismatch(lambda: hvd.add_process_set([r]), "add_process_set", "[0]", "[1]")
+    assert hvd.add_process_set([0]).process_set_id == 4  # the failed add took no id
+    return {"message": msg}
+
+
+@case
+def process_set_non_member(r, n):
+    """A worker outside a set that calls a collective in it gets ProcessSetError (a
+    HorovodInternalError, as in Horovod, and a ValueError) at once, and no other worker is
+    affected; a root rank outside the set is a ValueError; an unregistered set is refused."""
+    s = hvd.add_process_set([0])
+    errors = {}
+    if r == 0:
+        assert s.rank() == 0 and s.included() is True
+        assert hvd.allreduce(torch.ones(2), op=hvd.Sum, process_set=s).tolist() == [1.0, 1.0]
+        msg, _ = raises(lambda: hvd.broadcast(torch.ones(1), root_rank=1, process_set=s), ValueError)
+        assert "not a member" in msg, msg
+    else:
+        assert s.included() is False and s.size() == 1
+        raises(s.rank, ValueError)
+        calls = {
+            "allreduce": lambda: hvd.allreduce(torch.ones(2), process_set=s),
+            "allreduce_async_": lambda: hvd.allreduce_async_(torch.ones(2), process_set=s),
+            "grouped_allreduce": lambda: hvd.grouped_allreduce([torch.ones(2)], process_set=s),
+            "allgather": lambda: hvd.allgather(torch.ones(2), process_set=s),
+            "grouped_allgather": lambda: hvd.grouped_allgather([torch.ones(2)], process_set=s),
+            "broadcast": lambda: hvd.broadcast(torch.ones(2), 0, process_set=s),
+            "alltoall": lambda: hvd.alltoall(torch.ones(2), process_set=s),
+            "reducescatter": lambda: hvd.reducescatter(torch.ones(2), process_set=s),
+            "grouped_reducescatter": lambda: hvd.grouped_reducescatter([torch.ones(2)], process_set=s),
+            "barrier": lambda: hvd.barrier(process_set=s),
+            "allgather_object": lambda: hvd.allgather_object(1, process_set=s),
+            "broadcast_object": lambda: hvd.broadcast_object(1, 0, process_set=s),
+            "sparse_allreduce_async": lambda: hvd.sparse_allreduce_async(torch.ones(2).to_sparse(), "s", hvd.Sum,
+                                                                         process_set=s),
+        }
+        for name, fn in calls.items():
+            msg, seconds = raises(fn, hvd.ProcessSetError)
+            assert f"worker {r} is not a member" in msg and seconds < 0.5, (name, msg)
+            errors[name] = msg
+        assert issubclass(hvd.ProcessSetError, hvd.HorovodInternalError)
+        assert issubclass(hvd.ProcessSetError, ValueError)
+    msg, _ = raises(lambda: hvd.allreduce(torch.ones(1), process_set=hvd.ProcessSet([0])), hvd.ProcessSetError)
+    assert "not been registered" in msg, msg
+    hvd.barrier()
+    return {"errors": errors}
+
+
+@case
+def process_set_optimizer(r, n):
+    """DistributedOptimizer(process_set=...) other than the global set is a ValueError that
+    says why (every push goes to the one parameter server; a set cannot train a model of
+    its own); the global set trains."""
+    s = hvd.add_process_set([0])
+    model, opt = _sgd_model()
+    msg, _ = raises(lambda: hvd.DistributedOptimizer(opt, model.named_parameters(), process_set=s), ValueError)
+    assert "parameter server" in msg and "model of its own" in msg, msg
+    opt = hvd.DistributedOptimizer(opt, model.named_parameters(), process_set=hvd.global_process_set)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    assert opt.stats()["pushes"] == 1
+    return {"message": msg}
+
+
+#: the sets process_sets_at_init passes to hvd.init (main() does)
+AT_INIT = [hvd.ProcessSet([1]), hvd.ProcessSet([0])]
+
+
+@case
+def process_sets_at_init(r, n):
+    """hvd.init(process_sets=[...]) (Horovod's keyword) adds the sets on every worker, in
+    the list's order; anything but a list or 'dynamic' is a ValueError."""
+    assert [ps.process_set_id for ps in AT_INIT] == [1, 2] and [ps.ranks for ps in AT_INIT] == [[1], [0]]
+    mine = AT_INIT[1 - r]
+    assert mine.included() and mine.rank() == 0
+    assert hvd.allreduce(torch.ones(1) * (r + 1), op=hvd.Sum, process_set=mine).tolist() == [float(r + 1)]
+    raises(lambda: hvd.init(process_sets=5), ValueError)
+    hvd.init(process_sets="dynamic")  # already initialised: accepted, nothing happens
+    return {}
+
+
+# -- the optimizer's parameter names, sparse allreduce ------------------------------------------------
+
+
+@case
+def parameter_names_without_named_parameters(r, n):
+    """Without named_parameters the optimizer still names every parameter
+    (``_parameter_names``, as Horovod's does), the same names on every worker; it used to
+    raise AttributeError."""
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10))
+    opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr=0.001)
+    opt = hvd.DistributedOptimizer(opt)
+    names = opt._parameter_names
+    assert set(names) == set(model.parameters()) and len(set(names.values())) == 4, names
+    everyone = hvd.allgather_object(sorted(names.values()))
+    assert all(e == everyone[0] for e in everyone), everyone
+    model(torch.ones(1, 10)).sum().backward()
+    opt.step()
+    return {"names": sorted(names.values())}
+
+
+@case
+def sparse_allreduce(r, n):
+    """sparse_allreduce_async (Horovod's): the handle is a function returning a sparse
+    tensor whose dense value is the dense allreduce; Average and Sum; hvd.synchronize takes
+    the handle too; dense input and other ops are ValueError."""
+    torch.manual_seed(100 + r)
+
+    def sparse(rows):
+        t = torch.rand(rows, 10)
+        t[t < 0.8] = 0
+        return t.to_sparse()
+
+    for op in (hvd.Average, hvd.Sum):
+        ts = [sparse(d) for d in (17, 32, 3)] + [torch.zeros(5, 10).to_sparse()]
+        dense = [hvd.allreduce(t.to_dense(), op=op) for t in ts]
+        handles = [hvd.sparse_allreduce_async(t, name=f"{op.value}.{i}", op=op) for i, t in enumerate(ts)]
+        for d, h in zip(dense, handles):
+            out = h()
+            assert out.is_sparse and out.shape == d.shape
+            assert torch.allclose(out.to_dense(), d, atol=1e-6)
+    t = sparse(6)
+    out = hvd.synchronize(hvd.sparse_allreduce_async(t, op=hvd.Sum))  # unnamed
+    assert torch.allclose(out.to_dense(), hvd.allreduce(t.to_dense(), op=hvd.Sum), atol=1e-6)
+    raises(lambda: hvd.sparse_allreduce_async(torch.ones(3), "dense", hvd.Sum), ValueError)
+    raises(lambda: hvd.sparse_allreduce_async(t, "max", hvd.Max), ValueError)
+    return {}
+
+
 def main():
     p = parser()
     p.add_argument("--case", required=True, choices=sorted(CASES))
     args = p.parse_args()
-    hvd.init()
+    hvd.init(process_sets=AT_INIT if args.case == "process_sets_at_init" else None)
     r, n = hvd.rank(), hvd.size()
     details = CASES[args.case](r, n)
     write_result(args.out, r, ok=True, case=args.case, size=n, **(details or {}))
