@@ -9,7 +9,6 @@ in its docstring.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -69,10 +68,13 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int, 
     any state it holds).
 
     With the optimizer wrapped by ``DistributedOptimizer`` its running state (momentum
-    buffers, Adam moments) lives on the parameter server and is *not* changed by this
-    call: the server continues with its own. A state loaded into the wrapped optimizer
-    (``optimizer.load_state_dict`` from a checkpoint) therefore does not reach the server:
-    this warns when that is the case. Exact resumes use ``checkpoint_path=``."""
+    buffers, Adam moments; with ``async_momentum="dana"`` one momentum per worker, which no
+    torch ``state_dict`` holds) lives on the parameter server, and the workers' optimizer
+    objects hold none; the hyperparameters are synchronised as in Horovod. A running state
+    loaded into the wrapped optimizer (``optimizer.load_state_dict`` from a checkpoint, as
+    Horovod's examples resume) cannot be restored through this call exactly, so it is
+    refused on every worker with a ``ValueError`` saying so, instead of the server quietly
+    continuing with another state. Exact resumes use ``checkpoint_path=``."""
     root_rank = check_root(root_rank, engine(context()))
     me = context().workers.Get_rank()
     state = broadcast_object(optimizer.state_dict() if me == root_rank else None, root_rank,
@@ -81,8 +83,10 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int, 
         optimizer.load_state_dict(state)
     wrapped = getattr(optimizer, "_hvd_dc_worker", None) not in (None, "solo")
     if wrapped and state.get("state"):
-        warnings.warn(
-            "hvd_dc.broadcast_optimizer_state: the optimizer is wrapped, so its running state (momentum, Adam "
-            "moments) lives on the parameter server; the state held by the workers' optimizer objects is not sent "
-            "to the server, which continues with its own (use DistributedOptimizer(checkpoint_path=...) to resume "
-            "exactly)", RuntimeWarning, stacklevel=2)
+        raise ValueError(
+            f"hvd_dc.broadcast_optimizer_state: worker {root_rank}'s optimizer holds a running state (momentum "
+            "buffers, Adam moments: a checkpoint loaded into it), but this optimizer is wrapped, and its running "
+            "state lives on the parameter server, which this call cannot set exactly (with async_momentum='dana' "
+            "the server keeps one momentum per worker, which no torch state_dict holds). Resume with "
+            "DistributedOptimizer(checkpoint_path=...): the server's own checkpoint restores its state exactly. "
+            "Broadcasting the weights (broadcast_parameters after wrapping) does reach the server.")

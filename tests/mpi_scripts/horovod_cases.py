@@ -699,6 +699,26 @@ def broadcast_state_options(r, n):
 
 
 @case
+def broadcast_state_loaded_checkpoint_refused(r, n):
+    """Horovod's imagenet resume (load a checkpoint's optimizer state on rank 0, then
+    broadcast_optimizer_state) cannot set the server's running state exactly: a ValueError
+    on every worker naming checkpoint_path, and the server keeps training."""
+    model, opt = _sgd_model(lr=0.1)
+    opt.param_groups[0]["momentum"] = 0.9
+    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    if r == 0:
+        saved = {"state": {i: {"momentum_buffer": torch.ones_like(p)} for i, p in enumerate(model.parameters())},
+                 "param_groups": opt.state_dict()["param_groups"]}
+        opt.load_state_dict(saved)
+    msg, _ = raises(lambda: hvd.broadcast_optimizer_state(opt, root_rank=0), ValueError)
+    assert "checkpoint_path" in msg and "running state" in msg, msg
+    opt.zero_grad()
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()  # training goes on with the server's own state
+    return {"message": msg}
+
+
+@case
 def broadcast_state_no_grad(r, n):
     class ModelNoGrad(torch.nn.Module):
         def __init__(self):
