@@ -66,7 +66,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from benchmarks import common as bench  # noqa: E402  (the benchmarks' launch helpers)
 from benchmarks.convergence_lib import common  # noqa: E402
-from benchmarks.convergence_lib.runs import Cache, children_cpu  # noqa: E402
+from benchmarks.convergence_lib.runs import Cache, children_cpu, search_grid  # noqa: E402
 
 TASK = "fashion"
 TUNE_SEED = 100
@@ -170,26 +170,11 @@ def tune(cache: Cache, cfg: Dict, epochs: int, log, run: bool = True) -> Optiona
             return sim_run(cache, cfg, TUNE_SEED, lr, "val", epochs, log)
         return cache.runs.get(run_key(cfg, TUNE_SEED, lr, "val", epochs))
 
-    runs = {}
-    for lr in lr_grid(cfg["method"], cfg["workers"], cfg["momentum"]):
-        r = get(lr)
-        if r is None:
-            return None
-        runs[lr] = r
-    low = high = 0
-    while True:
-        lrs = sorted(runs)
-        best = choose([runs[lr] for lr in lrs])["lr"]
-        if best == lrs[0] and low < MAX_EXTEND:
-            new, low = round(lrs[0] / 2, 10), low + 1
-        elif best == lrs[-1] and high < MAX_EXTEND:
-            new, high = round(lrs[-1] * 2, 10), high + 1
-        else:
-            break
-        r = get(new)
-        if r is None:
-            break
-        runs[new] = r
+    found = search_grid(lr_grid(cfg["method"], cfg["workers"], cfg["momentum"]), get,
+                        lambda runs: choose(list(runs.values()))["lr"], MAX_EXTEND)
+    if found is None:
+        return None
+    runs, low, high = found
     lrs = sorted(runs)
     return {**cfg, "grid": lrs, "val_error": [runs[lr]["curve"]["err"][-1] for lr in lrs],
             "val_loss": [runs[lr]["curve"]["loss"][-1] for lr in lrs], "lr": choose([runs[lr] for lr in lrs])["lr"],

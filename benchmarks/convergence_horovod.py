@@ -82,7 +82,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from benchmarks.convergence_lib import common  # noqa: E402
-from benchmarks.convergence_lib.runs import Cache  # noqa: E402
+from benchmarks.convergence_lib.runs import Cache, search_grid  # noqa: E402
 
 TASK = "fashion60k"
 STUDY = "horovod/1"  # part of every run's key: a change of protocol starts a new set of runs
@@ -267,25 +267,10 @@ def tuned_lr(study: Study, mu: float, run: bool = True, method: str = "seq") -> 
             return None
         return statistics.mean(final_error(r) for r in runs)
 
-    scores = {}
-    for lr in grid:
-        scores[lr] = score(lr)
-        if scores[lr] is None:
-            return None
-    low = high = 0
-    while True:
-        lrs = sorted(scores)
-        best = min(lrs, key=lambda lr: scores[lr])
-        if best == lrs[0] and low < MAX_EXTEND:
-            new, low = round(lrs[0] / 2, 10), low + 1
-        elif best == lrs[-1] and high < MAX_EXTEND:
-            new, high = round(lrs[-1] * 2, 10), high + 1
-        else:
-            break
-        s = score(new)
-        if s is None:
-            break
-        scores[new] = s
+    found = search_grid(grid, score, lambda scores: min(sorted(scores), key=lambda lr: scores[lr]), MAX_EXTEND)
+    if found is None:
+        return None
+    scores = found[0]
     lrs = sorted(scores)
     return {"method": method, "momentum": mu, "grid": lrs, "val_error": [scores[lr] for lr in lrs],
             "lr": min(lrs, key=lambda lr: scores[lr])}

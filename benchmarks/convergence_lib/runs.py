@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 
 class Cache:
@@ -35,3 +35,33 @@ def children_cpu() -> float:
     """CPU seconds used so far by this process's finished children (mpiexec and its ranks)."""
     t = os.times()
     return t.children_user + t.children_system
+
+
+def search_grid(grid: Iterable[float], evaluate: Callable[[float], Optional[Any]],
+                best: Callable[[Dict[float, Any]], float], max_extend: int) -> Optional[Tuple[Dict[float, Any], int, int]]:
+    """The studies' lr search: ``evaluate`` every lr of ``grid``; while the ``best`` one is
+    the lowest (highest) tried, try the next lr below (above), a factor 2 away, up to
+    ``max_extend`` times on each side, so that the choice is not stuck at an edge.
+    ``evaluate`` returns None for a result not available (then the search stops there:
+    None if a grid point is missing). Returns ``(results by lr, extended below, above)``."""
+    results: Dict[float, Any] = {}
+    for lr in grid:
+        r = evaluate(lr)
+        if r is None:
+            return None
+        results[lr] = r
+    low = high = 0
+    while True:
+        lrs = sorted(results)
+        chosen = best(results)
+        if chosen == lrs[0] and low < max_extend:
+            new, low = round(lrs[0] / 2, 10), low + 1
+        elif chosen == lrs[-1] and high < max_extend:
+            new, high = round(lrs[-1] * 2, 10), high + 1
+        else:
+            break
+        r = evaluate(new)
+        if r is None:
+            break
+        results[new] = r
+    return results, low, high
