@@ -125,6 +125,9 @@ class ModelSpec:
     staging: str = "auto"
     elementwise: bool = True
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: options only the workers act on (``DistributedOptimizer``'s ``op``,
+    #: ``gradient_predivide_factor``, ``lr_scaling``), compared at registration like the rest
+    worker_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_optimizer(
@@ -142,6 +145,7 @@ class ModelSpec:
         server_device: str = "auto",
         staging: str = "auto",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        worker_options: Optional[Dict[str, Any]] = None,
     ) -> "ModelSpec":
         """The spec of ``optimizer``'s model. ``params``: the ``(parameter, group index)``
         pairs to serve (default: every parameter of every group); ``names``: theirs
@@ -166,6 +170,7 @@ class ModelSpec:
             staging=staging,
             elementwise=type(optimizer) in ELEMENTWISE_OPTIMIZERS,
             chunk_bytes=chunk_bytes,
+            worker_options=dict(worker_options or {}),
         )
 
     def layout(self) -> "FlatLayout":
@@ -175,6 +180,7 @@ class ModelSpec:
     def agreed_options(self) -> Dict[str, Any]:
         """The options every worker must pass alike, under their argument names."""
         return {
+            **self.worker_options,  # first: a different op is named as such, not by the lr scale it makes
             **self.dc.as_arguments(),
             "compression": self.compression,
             "checkpoint_path": self.checkpoint_path,
@@ -322,12 +328,12 @@ def diff_specs(reference: ModelSpec, other: ModelSpec, other_rank: int) -> Optio
         )
     mine, theirs = a.agreed_options(), b.agreed_options()
     for field, value in mine.items():
-        if theirs[field] != value:
+        if theirs.get(field) != value:
             if field == "lr_scale":  # not a keyword: op and lr_scaling make it
                 return (f"the server-side lr scale (from DistributedOptimizer's op and lr_scaling) is {value!r} on "
-                        f"worker 0 but {theirs[field]!r} on worker {other_rank}: every worker must pass the same op "
+                        f"worker 0 but {theirs.get(field)!r} on worker {other_rank}: every worker must pass the same op "
                         "and lr_scaling")
-            return f"{field} is {value!r} on worker 0 but {theirs[field]!r} on worker {other_rank}"
+            return f"{field} is {value!r} on worker 0 but {theirs.get(field)!r} on worker {other_rank}"
     if len(a.params) != len(b.params):
         names_a = {p.name for p in a.params}
         names_b = {p.name for p in b.params}

@@ -52,14 +52,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple
 
 import torch
 
-from .collectives import Adasum, Average, ReduceOp, Sum, allgather_object, is_global
+from .collectives import Adasum, Average, ReduceOp, Sum, is_global
 from .dc_math import ASYNC_MOMENTUM
 
-__all__ = ["HorovodOptions", "LR_SCALINGS", "MEASURED_DEFAULTS", "check", "agree", "apply", "optimizer_kind",
+__all__ = ["HorovodOptions", "LR_SCALINGS", "MEASURED_DEFAULTS", "check", "agreed", "apply", "optimizer_kind",
            "resolve_defaults", "resolve_async_momentum", "lr_scale"]
 
 #: Accepted values of ``lr_scaling`` (besides ``"auto"``).
@@ -173,17 +173,15 @@ def check(op: Any, gradient_predivide_factor: Any, num_groups: Any, groups: Any,
     return HorovodOptions(op, float(gradient_predivide_factor), lr_scaling)
 
 
-def agree(options: HorovodOptions) -> None:
-    """Before registration: check every worker passed the same ``op``,
-    ``gradient_predivide_factor`` and ``lr_scaling`` (a collective among the workers; a
-    difference is the same ValueError on each, and the job goes on, as in Horovod)."""
-    mine = (options.op.value, options.gradient_predivide_factor, options.lr_scaling)
-    everyone = allgather_object(mine, name="DistributedOptimizer.op")
-    for r, theirs in enumerate(everyone):
-        if tuple(theirs) != mine:
-            raise ValueError(f"hvd_dc: the workers passed different DistributedOptimizer op/gradient_predivide_factor/"
-                             f"lr_scaling:"
-                             f" worker 0 passed {tuple(everyone[0])}, worker {r} passed {tuple(theirs)}")
+def agreed(options: HorovodOptions) -> Dict[str, Any]:
+    """``op``, ``gradient_predivide_factor`` and ``lr_scaling`` under their argument names,
+    for the registration's model check (:func:`hvd_dc.layout.diff_specs`): a worker that
+    passed another value fails registration on every worker with the difference named, as a
+    different model does (a collective of its own here would hang when a worker never
+    reaches registration, where the check names that worker)."""
+    return {"op": options.op.value,
+            "gradient_predivide_factor": options.gradient_predivide_factor,
+            "lr_scaling": options.lr_scaling}
 
 
 def apply(optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], options: HorovodOptions,

@@ -185,13 +185,13 @@ def DistributedDCOptimizer(
     if ctx.role == "solo":
         _attach_solo(optimizer)
         return optimizer
-    optimizer_options.agree(hvd_options)
     spec = ModelSpec.from_optimizer(
         optimizer, ctx.num_workers, params=params, names=names, dc=dc, compression=comp,
         checkpoint_path=None if checkpoint_path is None else os.path.abspath(checkpoint_path),
         checkpoint_every_updates=checkpoint_every_updates,
         checkpoint_every_seconds=None if checkpoint_every_seconds is None else float(checkpoint_every_seconds),
         server_device=server_device, staging=ctx.settings.staging, chunk_bytes=chunk_bytes,
+        worker_options=optimizer_options.agreed(hvd_options),
     )
     momentum = max((float(g.get("momentum", 0.0)) for g in optimizer.param_groups), default=0.0)
     cause = likely_cause(ctx.num_workers, dc.lr_scale, hvd_options.lr_scaling, hvd_options.op == Average,

@@ -13,6 +13,7 @@ from mpi_run import run_mpi
         ("extra", "worker 0 trains 4 parameters but worker 2 trains 6 (only on worker 2: 3.bias, 3.weight)"),
         ("dtype", "parameter '2.weight' is float32 on worker 0 but float64 on worker 2"),
         ("variant", "dc_variant is 'adaptive' on worker 0 but 'constant' on worker 2"),
+        ("op", "op is 'average' on worker 0 but 'sum' on worker 2"),
     ],
 )
 def test_mismatched_models_fail_clearly(tmp_path, kind, message):

@@ -6,7 +6,7 @@ import hvd_dc as hvd
 from common import parser
 
 p = parser()
-p.add_argument("--kind", choices=["shape", "extra", "dtype", "variant"], default="shape")
+p.add_argument("--kind", choices=["shape", "extra", "dtype", "variant", "op"], default="shape")
 args = p.parse_args()
 
 hvd.init()
@@ -20,5 +20,6 @@ if odd and args.kind == "dtype":
     model[2].double()
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 variant = "constant" if (odd and args.kind == "variant") else "adaptive"
-opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), dc_variant=variant)
+op = hvd.Sum if (odd and args.kind == "op") else hvd.Average
+opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), dc_variant=variant, op=op)
 print("UNREACHABLE: registration succeeded", flush=True)
