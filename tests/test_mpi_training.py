@@ -31,14 +31,15 @@ def test_digits_mlp_learns(tmp_path, workers, variant, optimizer):
 def test_a_diverging_horovod_run_says_once_why(tmp_path):
     """Horovod's lr * size() applied whole on every push (lr_scaling="per_push") with a shared
     momentum 0.9 and an lr far too large: the weights blow up within tens of steps (the loss
-    goes from 2.3 to over 100), and each worker gets exactly one DivergenceWarning naming
+    ends several times above the initial 2.3, at chance accuracy; how far depends on the
+    pushes' interleaving), and each worker gets exactly one DivergenceWarning naming
     lr_scaling as the cause."""
     res = run_mpi(5, "learn.py", "--lr", "2.0", "--lr-scaling", "per_push", "--async-momentum", "shared",
                   "--variant", "none", "--epochs", "2", out_dir=tmp_path, timeout=180).check()
     results = res.results()
     assert sorted(results) == [0, 1, 2, 3]
     for r in results.values():
-        assert r["loss1"] > 10 * r["loss0"], r  # it did diverge
+        assert r["loss1"] > 3 * r["loss0"] and r["acc1"] < 0.3, r  # it did diverge
         assert len(r["divergence"]) == 1, r["divergence"]
         assert "training is diverging" in r["divergence"][0] and "lr_scaling='per_push'" in r["divergence"][0]
 
