@@ -238,7 +238,9 @@ class Study:
                         self._done(run)
             else:
                 for s in todo:
-                    self._done(execute(s))
+                    self.cache.refresh()
+                    if key_of(s) not in self.cache.runs:  # another process may have done it since
+                        self._done(execute(s))
         return [self.cache.runs[key_of(s)] for s in specs]
 
     def _done(self, run: Dict) -> None:

@@ -15,13 +15,24 @@ class Cache:
     def __init__(self, path: str):
         self.path = path
         self.runs: Dict[str, Dict] = {}
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    line = line.strip()
-                    if line:
-                        r = json.loads(line)
-                        self.runs[r["key"]] = r
+        self._read = 0  # bytes of the file already read
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the runs other processes appended since (a part shared between processes
+        then never redoes a run another finished)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            f.seek(self._read)
+            while True:
+                line = f.readline()
+                if not line.endswith("\n"):  # none left, or one still being written
+                    break
+                self._read += len(line.encode())
+                if line.strip():
+                    r = json.loads(line)
+                    self.runs[r["key"]] = r
 
     def add(self, run: Dict) -> None:
         self.runs[run["key"]] = run
