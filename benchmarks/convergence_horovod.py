@@ -108,7 +108,7 @@ SCRIPT_EPOCHS = 8
 SCRIPT_IMAGES = 12000
 MPI_SLOW_FACTOR = 4.0
 #: what hvd_dc defaulted to before this study (the 'before' runs of part script)
-OLD_DEFAULTS = {"lr_scaling": "per_push", "async_momentum": "shared"}
+OLD_DEFAULTS = {"lr_scaling": "per_push", "async_momentum": "shared", "dc_variant": "adaptive", "staleness_policy": "none"}
 SYSTEMS = ("hvd_dc", "hvd_dc_before", "ddp", "horovod")
 
 #: every method: (synchronous, DistributedDCOptimizer options beyond the server's SGD)

@@ -37,7 +37,7 @@ from mpi4py import MPI
 from .chunks import ChunkPlan, chunk_spec
 from .context import Context
 from .host_checks import check_shm
-from .layout import ModelSpec, diff_specs
+from .layout import ModelSpec, diff_specs, diff_worker_options
 from .protocol import (
     Abort,
     ModelCheck,
@@ -159,14 +159,20 @@ def _agree_on_model(ctx: Context, spec: ModelSpec) -> None:
             for s in ctx.topology.server_ranks:
                 ctx.world.send(Abort(message), dest=s, tag=Tag.CONTROL)
             raise HvdDcTimeout(f"hvd_dc worker 0: {message}")
+        options = next((d for d in (diff_worker_options(spec, specs[r], r) for r in range(1, workers.Get_size()))
+                        if d), None)
         difference = None
-        for r in range(1, workers.Get_size()):
+        for r in range(1, workers.Get_size() if options is None else 1):  # the lr scale follows the options
             difference = diff_specs(spec, specs[r], r)
             if difference:
                 break
         for r in specs:
             if r != 0:
-                workers.send(ModelCheck(difference=difference), dest=r, tag=Tag.MODEL_CHECK)
+                workers.send(ModelCheck(difference=difference, options=options), dest=r, tag=Tag.MODEL_CHECK)
+        if options and not difference:
+            # as Horovod's ValueError: nothing was registered and the servers keep waiting, so
+            # the job can go on (a corrected DistributedOptimizer call registers)
+            raise ValueError(f"hvd_dc: the workers passed different DistributedOptimizer options: {options}")
         if difference:
             for s in ctx.topology.server_ranks:
                 ctx.world.send(Abort(f"the workers' models differ: {difference}"), dest=s, tag=Tag.CONTROL)
@@ -181,6 +187,8 @@ def _agree_on_model(ctx: Context, spec: ModelSpec) -> None:
         if check.missing:
             raise HvdDcTimeout(f"hvd_dc worker {me}: {check.missing}")
         difference = check.difference
+        if check.options and not difference:
+            raise ValueError(f"hvd_dc: the workers passed different DistributedOptimizer options: {check.options}")
     if difference:
         raise ValueError(f"hvd_dc: the workers' models differ: {difference}")
 

@@ -180,7 +180,6 @@ class ModelSpec:
     def agreed_options(self) -> Dict[str, Any]:
         """The options every worker must pass alike, under their argument names."""
         return {
-            **self.worker_options,  # first: a different op is named as such, not by the lr scale it makes
             **self.dc.as_arguments(),
             "compression": self.compression,
             "checkpoint_path": self.checkpoint_path,
@@ -316,6 +315,16 @@ def resolve_class(module: str, qualname: str) -> type:
             "module, or above the hvd.init() call."
         ) from exc
     return obj
+
+
+def diff_worker_options(reference: ModelSpec, other: ModelSpec, other_rank: int) -> Optional[str]:
+    """A message naming the first difference in ``worker_options`` (``op``,
+    ``gradient_predivide_factor``, ``lr_scaling``), or None."""
+    theirs = other.worker_options
+    for field, value in reference.worker_options.items():
+        if theirs.get(field) != value:
+            return f"{field} is {value!r} on worker 0 but {theirs.get(field)!r} on worker {other_rank}"
+    return None
 
 
 def diff_specs(reference: ModelSpec, other: ModelSpec, other_rank: int) -> Optional[str]:

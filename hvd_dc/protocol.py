@@ -197,10 +197,12 @@ class Registration:
 @dataclasses.dataclass(frozen=True)
 class ModelCheck:
     """Worker 0's verdict on the workers' models: ``difference`` names the first one;
-    ``missing`` says which workers did not arrive in time."""
+    ``missing`` says which workers did not arrive in time; ``options`` names the first
+    difference in the options only the workers act on (the job then goes on)."""
 
     difference: Optional[str] = None
     missing: Optional[str] = None
+    options: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,15 @@ if odd and args.kind == "dtype":
     model[2].double()
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 variant = "constant" if (odd and args.kind == "variant") else "adaptive"
-op = hvd.Sum if (odd and args.kind == "op") else hvd.Average
-opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), dc_variant=variant, op=op)
+if args.kind == "op":
+    try:
+        hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), op=hvd.Sum if odd else hvd.Average)
+    except ValueError as exc:
+        print(exc, flush=True)
+    opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), op=hvd.Average)
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    print("registered after the correction", flush=True)
+    raise SystemExit(0)
+opt = hvd.DistributedDCOptimizer(opt, named_parameters=model.named_parameters(), dc_variant=variant)
 print("UNREACHABLE: registration succeeded", flush=True)
