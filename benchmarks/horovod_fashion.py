@@ -16,7 +16,8 @@ averaged over the ranks every step), what Horovod computes.
 Model: the 2-conv GroupNorm CNN of the studies (``common.FashionCNN``). Data: the first
 ``--train-images`` images of a fixed shuffle of the official 60,000 (the Debian package
 ``dataset-fashion-mnist``), the official test set. ``--slow-factor F`` makes the last
-worker a straggler: after each step it sleeps F - 1 times what the step took. Worker 0
+worker a straggler: after each step it sleeps F - 1 times its forward/backward's median
+time, measured on a private copy of the model before training. Worker 0
 copies the weights every 1/``--snapshots-per-epoch`` of its epochs with a timestamp and,
 after training (so that evaluation never slows it), evaluates each copy and the final
 weights on the test set; it writes the curve to ``--out`` (JSON).
@@ -36,6 +37,22 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.convergence_lib import common  # noqa: E402
+
+
+def compute_seconds(x: torch.Tensor, y: torch.Tensor, repeats: int = 30) -> float:
+    """Median seconds of one forward/backward of ``common.FashionCNN`` on ``(x, y)``, on a
+    model of its own (no communication in it)."""
+    import statistics
+
+    probe = common.FashionCNN()
+    times = []
+    for i in range(repeats + 5):
+        t0 = time.perf_counter()
+        probe.zero_grad()
+        F.cross_entropy(probe(x), y).backward()
+        if i >= 5:  # the first calls warm up the allocator
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -79,6 +96,11 @@ def main() -> None:
     optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average, **extra)
 
     straggler = rank == size - 1 and args.slow_factor > 1.0
+    # the straggler's extra time per step is (F - 1) x its own forward/backward, timed on a
+    # private copy of the model, never the time it waited on the others (that would make a
+    # slower network look like a slower worker, and slow synchronous backends most)
+    extra_sleep = (args.slow_factor - 1.0) * compute_seconds(x_train[: args.batch], y_train[: args.batch]) \
+        if straggler else 0.0
     steps_per_epoch = len(x_train) // size // args.batch
     snapshot_every = max(1, steps_per_epoch // args.snapshots_per_epoch)
     snapshots = []  # (seconds, epochs of this worker, weights)
@@ -93,12 +115,11 @@ def main() -> None:
         shard = order[rank::size]
         for i in range(steps_per_epoch):
             idx = shard[i * args.batch : (i + 1) * args.batch]
-            t0 = time.perf_counter()
             optimizer.zero_grad()
             F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
             optimizer.step()
             if straggler:
-                time.sleep((args.slow_factor - 1.0) * (time.perf_counter() - t0))
+                time.sleep(extra_sleep)
             step += 1
             if rank == 0 and step % snapshot_every == 0:
                 snapshots.append((time.perf_counter() - start, step / steps_per_epoch,
@@ -107,9 +128,10 @@ def main() -> None:
     if args.backend == "hvd_dc":
         optimizer.pull()  # the server's newest weights (the other workers may still be training)
         info = {"rank": rank, "seconds": my_seconds, **{k: optimizer.stats()[k] for k in ("pushes", "staleness_mean",
-                                                                                          "server_updates")}}
+                                                                                          "server_updates")},
+                "extra_sleep_s": extra_sleep}
     else:
-        info = {"rank": rank, "seconds": my_seconds}
+        info = {"rank": rank, "seconds": my_seconds, "extra_sleep_s": extra_sleep}
     everyone = hvd.allgather_object(info)  # also waits for the slowest worker
     if args.backend == "hvd_dc":
         optimizer.pull()  # every worker has pushed everything: the final weights

@@ -23,15 +23,24 @@ class Cache:
         then never redoes a run another finished)."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
+        if os.path.getsize(self.path) < self._read:  # rewritten (runs removed by hand): read it all again
+            self._read = 0
+        with open(self.path, "rb") as f:
             f.seek(self._read)
             while True:
                 line = f.readline()
-                if not line.endswith("\n"):  # none left, or one still being written
+                if not line.endswith(b"\n"):  # none left, or one still being written
                     break
-                self._read += len(line.encode())
-                if line.strip():
-                    r = json.loads(line)
+                try:
+                    r = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:  # the file was rewritten under us: read it all again, once
+                    if self._read == 0:
+                        raise
+                    self._read = 0
+                    f.seek(0)
+                    continue
+                self._read += len(line)
+                if r is not None:
                     self.runs[r["key"]] = r
 
     def add(self, run: Dict) -> None:
