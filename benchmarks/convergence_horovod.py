@@ -140,6 +140,7 @@ LABELS = {"seq": "sequential SGD", "ssgd": "SSGD (Horovod)", "asgd": "ASGD", "dc
           "dana+ga": "DANA + Gap-Aware", "dana+dc+ga": "DANA + DC-ASGD-a + Gap-Aware", "reduced": "lowered momentum", "asgd-nesterov": "ASGD, Nesterov (shared)",
           "seq-adam": "sequential Adam", "ssgd-adam": "SSGD, Adam", "asgd-adam": "ASGD, Adam (shared beta1)"}
 MAIN_METHODS = ("ssgd", "asgd", "dc-a", "ga", "dana", "dana+dc", "dana+ga", "dana+dc+ga", "reduced")
+VARIANT_METHODS = ("seq-adam", "ssgd-adam", "asgd-adam", "asgd-nesterov")
 PLAIN_METHODS = ("ssgd", "asgd", "dc-a", "ga", "dc-a+ga")
 SEMANTICS_METHODS = ("asgd", "dana")
 #: the lowered-momentum rules the pilot compares (see pilot_options)

@@ -23,8 +23,8 @@ def _err(r: Dict) -> float:
 
 def tuning_table(study, s) -> List[Dict]:
     out = []
-    for mu in (s.MOMENTUM, 0.0):
-        t = s.tuned_lr(study, mu, run=False)
+    for mu, method in ((s.MOMENTUM, "seq"), (0.0, "seq"), (s.MOMENTUM, "seq-adam")):
+        t = s.tuned_lr(study, mu, run=False, method=method)
         if t is not None:
             out.append(t)
     return out
@@ -65,7 +65,7 @@ def method_rows(runs: List[Dict], s, mu: float, methods, split: str = "test", se
     """One row per (method, M): final error over the seeds, and the staleness."""
     rows = []
     for meth in ("seq",) + tuple(methods):
-        for m in ((1,) if meth == "seq" else s.WORKERS):
+        for m in ((1,) if meth.startswith("seq") else s.WORKERS):
             rs = [r for r in _sim(runs, method=meth, workers=m, momentum=mu, split=split, epochs=s.EPOCHS,
                                   semantics=semantics) if seeds is None or r["seed"] in seeds]
             if not rs:
@@ -229,7 +229,8 @@ def markdown(doc: Dict, s) -> str:
            "60,000 images; tuning and the default's choice on 55,000 / 5,000 (validation).", ""]
     out += ["## Tuning (sequential SGD, validation error %, mean of the tuning seeds)", ""]
     for t in doc["tuning"]:
-        out.append(f"* momentum {t['momentum']:g}: " + ", ".join(f"lr {lr:g}: {e:.2f}" for lr, e in
+        what = f"Adam, beta1 {t['momentum']:g}" if t["method"] == "seq-adam" else f"momentum {t['momentum']:g}"
+        out.append(f"* {what}: " + ", ".join(f"lr {lr:g}: {e:.2f}" for lr, e in
                                                                  zip(t["grid"], t["val_error"])) + f" -> **lr {t['lr']:g}**")
     if doc["plateau"]:
         out += ["", "## Is the schedule long enough? (sequential momentum SGD at the tuned lr, validation error %)", "",
@@ -287,6 +288,13 @@ def markdown(doc: Dict, s) -> str:
         for t in doc["targets_plain"]:
             out.append(f"| {t['workers']} | {t['target']} | {t['method_error']:.2f} | {t['ssgd_error']:.2f} | "
                        f"{'yes' if t['met'] else '**no**'} ({t['difference']:+.2f} points, {t['ratio']:.2f}x) |")
+    if doc["variants"]:
+        seq_adam = _row(doc["variants"], "seq-adam", 1)
+        out += ["", "## Nesterov and Adam (momentum / beta1 0.9, Horovod's lr x M, test error %)", "",
+                "Adam's lr is tuned for sequential Adam like SGD's" + (f" ({seq_adam['lr']:g}); sequential Adam: "
+                f"{_fmt(seq_adam['error'])}" if seq_adam else "") + ". Nesterov runs at SGD's lr.", ""]
+        out += _table(doc["variants"], s, [m for m in s.VARIANT_METHODS if m != "seq-adam"
+                                           and any(r["method"] == m for r in doc["variants"])], L)
     if doc["script"]:
         out += ["", "## The real system: a Horovod-style script (12,000 images, 8 epochs, lr 0.01 x size(), momentum 0.9)",
                 "", "| system | M | final test error % | seconds | DivergenceWarnings |", "|---|---|---|---|---|"]
@@ -371,7 +379,7 @@ def write_all(out_dir: str, study, s) -> Dict:
     from . import common
 
     tuning = tuning_table(study, s)
-    lr_mom = next((t["lr"] for t in tuning if t["momentum"] == s.MOMENTUM), None)
+    lr_mom = next((t["lr"] for t in tuning if t["momentum"] == s.MOMENTUM and t["method"] == "seq"), None)
     main = method_rows(runs, s, s.MOMENTUM, s.MAIN_METHODS)
     select = choose_default(runs, s, s.MOMENTUM, s.MAIN_METHODS)
     default = select["chosen"] if select else None
@@ -388,6 +396,7 @@ def write_all(out_dir: str, study, s) -> Dict:
                 row["rejected"][r["workers"]] = r["server"]["rejected"]
             if len(row) > 3:
                 semantics.append(row)
+    variants = [r for r in method_rows(runs, s, s.MOMENTUM, s.VARIANT_METHODS) if r["method"] != "seq"]
     speed = None
     if os.path.exists(os.path.join(out_dir, "speed.json")):
         with open(os.path.join(out_dir, "speed.json")) as f:
@@ -404,7 +413,7 @@ def write_all(out_dir: str, study, s) -> Dict:
         "paired_plain": paired_vs(plain, s, s.PLAIN_METHODS),
         "targets_plain": targets(plain, default_plain) if default_plain else [],
         "script": script_table(runs, s), "straggler": straggler_table(runs, s),
-        "cpu": cpu_hours(runs), "speed": speed,
+        "variants": variants, "cpu": cpu_hours(runs), "speed": speed,
     }
     doc["pilot"] = [r for r in doc["pilot"] if len(r) > 1]
     with open(os.path.join(out_dir, "horovod.json"), "w") as f:
