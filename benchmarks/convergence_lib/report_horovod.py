@@ -217,6 +217,14 @@ def _table(rows: List[Dict], s, methods, labels) -> List[str]:
     return lines
 
 
+def _targets_table(targets: List[Dict]) -> List[str]:
+    lines = ["| M | target | default | SSGD | met |", "|---|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['workers']} | {t['target']} | {t['method_error']:.2f} | {t['ssgd_error']:.2f} | "
+                     f"{'yes' if t['met'] else '**no**'} ({t['difference']:+.2f} points, {t['ratio']:.2f}x) |")
+    return lines
+
+
 def markdown(doc: Dict, s) -> str:
     L = s.LABELS
     out = ["# Horovod scripts on hvd_dc: momentum, lr x size() and the defaults, measured", "",
@@ -275,19 +283,11 @@ def markdown(doc: Dict, s) -> str:
                     cells.append(f"{_fmt(p[0]['diff'])} ({p[0]['better_seeds']}/{p[0]['seeds']})" if p else "")
                 out.append(f"| {L[meth]} | " + " | ".join(cells) + " |")
     if doc["targets"]:
-        out += ["", f"## Targets for the default ({L[doc['default']]})", "", "| M | target | default | SSGD | met |",
-                "|---|---|---|---|---|"]
-        for t in doc["targets"]:
-            out.append(f"| {t['workers']} | {t['target']} | {t['method_error']:.2f} | {t['ssgd_error']:.2f} | "
-                       f"{'yes' if t['met'] else '**no**'} ({t['difference']:+.2f} points, {t['ratio']:.2f}x) |")
+        out += ["", f"## Targets for the default ({L[doc['default']]})", ""] + _targets_table(doc["targets"])
     if doc["plain"]:
         out += ["", "## Plain SGD (no momentum), Horovod's lr x M (test error %)", ""] + _table(doc["plain"], s, s.PLAIN_METHODS, L)
     if doc["targets_plain"]:
-        out += ["", f"Targets for the plain-SGD default ({L[doc['default_plain']]}):", "", "| M | target | default | SSGD | met |",
-                "|---|---|---|---|---|"]
-        for t in doc["targets_plain"]:
-            out.append(f"| {t['workers']} | {t['target']} | {t['method_error']:.2f} | {t['ssgd_error']:.2f} | "
-                       f"{'yes' if t['met'] else '**no**'} ({t['difference']:+.2f} points, {t['ratio']:.2f}x) |")
+        out += ["", f"Targets for the plain-SGD default ({L[doc['default_plain']]}):", ""] + _targets_table(doc["targets_plain"])
     if doc["variants"]:
         seq_adam = _row(doc["variants"], "seq-adam", 1)
         out += ["", "## Nesterov and Adam (momentum / beta1 0.9, Horovod's lr x M, test error %)", "",
